@@ -1,0 +1,126 @@
+"""`musicprod` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness import set_offline_env
+from harness.config import ConfigError, describe, load_config, to_dict
+from harness.data import DatasetError
+from harness.models import ModelError
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]`: a first argument without '=' is the experiment YAML (path or configs/NAME)."""
+    if args and "=" not in args[0]:
+        path = Path(args[0])
+        if not path.exists() and (Path("configs") / f"{args[0]}.yaml").exists():
+            path = Path("configs") / f"{args[0]}.yaml"
+        return str(path), args[1:]
+    return None, args
+
+
+def cmd_run(ns) -> int:
+    from harness.pipeline import run_experiment
+    config_path, overrides = _split_config_args(ns.args)
+    cfg = load_config(config_path, overrides)
+    summary = run_experiment(cfg, config_path, overrides)
+    print("\n=== summary ===")
+    for system, s in summary["systems"].items():
+        extra = s.get("reason") or f"{s.get('train_tokens_per_s')} tok/s, val loss {s.get('validation_loss')}"
+        print(f"  {system:14s} {s['status']:8s} {extra}")
+    print(f"results: {cfg.experiment_dir}/  ({summary['stages']['total_s']:.0f} s)")
+    return 0 if all(s["status"] in ("ok", "skipped") for s in summary["systems"].values()) else 1
+
+
+def cmd_train(ns) -> int:
+    from harness.models import prepare
+    from harness.pipeline import train_system
+    config_path, overrides = _split_config_args(ns.args)
+    cfg = load_config(config_path, overrides)
+    model = prepare(cfg.model.name, cfg.model.cache_dir)
+    record = train_system(cfg, config_path, overrides, ns.system, model)
+    print(json.dumps({k: record.get(k) for k in ("system", "status", "reason", "train_tokens_per_s", "validation_loss")}))
+    return 0 if record["status"] in ("ok", "skipped") else 1
+
+
+def cmd_model(ns) -> int:
+    from harness.registry import BASE_MODELS
+    if ns.action == "list":
+        for m in BASE_MODELS:
+            print(f"{m.name:24s} {m.description}")
+        return 0
+    from harness.models import prepare
+    cache = ns.cache_dir or load_config().model.cache_dir
+    resolved = prepare(ns.name, cache)
+    print(resolved.path)
+    return 0
+
+
+def cmd_config(ns) -> int:
+    if ns.action == "keys":
+        for key, default, help_text in describe():
+            print(f"{key:32s} {default:28s} {help_text}")
+        return 0
+    config_path, overrides = _split_config_args(ns.args)
+    print(json.dumps(to_dict(load_config(config_path, overrides)), indent=2))
+    return 0
+
+
+def cmd_data(ns) -> int:
+    from harness.datacheck import run_check
+    return run_check(ns.train, ns.benchmark_dir, semantic=not ns.no_semantic)
+
+
+def cmd_bench(ns) -> int:
+    from harness import bench
+    return bench.main(ns.what, ns.args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musicprod", description="Fine-tune, evaluate and serve music-production LMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="main job: prepare -> train every system -> evaluate -> report")
+    r.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    r.set_defaults(func=cmd_run)
+    t = sub.add_parser("train", help="train one system in its own process")
+    t.add_argument("system")
+    t.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    t.set_defaults(func=cmd_train)
+    m = sub.add_parser("model", help="base models: list | prepare NAME")
+    m.add_argument("action", choices=["list", "prepare"])
+    m.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    m.add_argument("--cache-dir", default=None, help="default ~/.cache/musicprod/models (or $MUSICPROD_MODEL_CACHE)")
+    m.set_defaults(func=cmd_model)
+    c = sub.add_parser("config", help="show | keys: the effective config, or every key with its help")
+    c.add_argument("action", choices=["show", "keys"])
+    c.add_argument("args", nargs="*")
+    c.set_defaults(func=cmd_config)
+    d = sub.add_parser("data", help="check: validate training set and held-out benchmark")
+    d.add_argument("action", choices=["check"])
+    d.add_argument("--train", default="data/music_production_dataset.json")
+    d.add_argument("--benchmark-dir", default="benchmarks/musicprod/data")
+    d.add_argument("--no-semantic", action="store_true", help="skip the MiniLM near-duplicate checks")
+    d.set_defaults(func=cmd_data)
+    b = sub.add_parser("bench", help="benchmarks that print figures: train")
+    b.add_argument("what", choices=["train"])
+    b.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_offline_env()
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except (ConfigError, DatasetError, ModelError) as e:
+        print(f"musicprod: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

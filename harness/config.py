@@ -1,0 +1,223 @@
+"""Typed experiment configuration: dataclasses with help texts, YAML files and key=value overrides.
+
+One YAML file under configs/ is one experiment. Unknown keys are errors, in files and overrides alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the source."""
+
+
+def _field(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _field("smollm2-135m-instruct", "Base model: a registry name (see `musicprod model list`), an HF model id or a local HF folder.")
+    cache_dir: str = _field("~/.cache/musicprod/models", "Where prepared (GGUF-converted) base models live.")
+
+
+@dataclass
+class DataConfig:
+    train_path: str = _field("data/music_production_dataset.json", "Training set: JSON list of {id, lang, topic, instruction, response, ...}.")
+    validation_fraction: float = _field(0.05, "Share of the training set held back (stratified by topic) for validation loss.")
+    max_train_items: int = _field(0, "Use only the first N training items after the split (0 = all). For quick runs.")
+    system_prompt: str = _field("", "System message put before every instruction ('' = none; no template default is injected).")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _field(16, "LoRA rank.")
+    alpha: int = _field(32, "LoRA alpha (scaling = alpha / r).")
+    dropout: float = _field(0.0, "LoRA dropout. 0 lets Unsloth use its fast path; HF gets the same value.")
+    target_modules: list[str] = _field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                       "Linear layers that get LoRA adapters.")
+
+
+@dataclass
+class QuantSettings:
+    quant_type: str = _field("nf4", "4-bit quantization type for *-qlora systems: nf4 or fp4.")
+    double_quant: bool = _field(True, "Quantize the quantization constants too (QLoRA double quantization).")
+    compute_dtype: str = _field("bfloat16", "Dtype of the de-quantized matmuls: bfloat16 or float32.")
+
+
+@dataclass
+class TrainSettings:
+    epochs: float = _field(1.0, "Passes over the training split.")
+    max_steps: int = _field(-1, "Stop after this many optimizer steps (-1 = run all epochs).")
+    learning_rate: float = _field(2e-4, "Peak learning rate.")
+    lr_scheduler: str = _field("cosine", "LR schedule: linear, cosine or constant.")
+    warmup_ratio: float = _field(0.05, "Share of steps spent warming the LR up.")
+    batch_size: int = _field(8, "Sequences per device per micro-batch.")
+    grad_accum: int = _field(1, "Micro-batches accumulated per optimizer step.")
+    max_length: int = _field(512, "Longest tokenized prompt+answer; longer examples are truncated.")
+    seed: int = _field(42, "Seed for data order, LoRA init and dropout.")
+    bf16: bool = _field(True, "Train in bfloat16 (weights and activations).")
+    logging_steps: int = _field(5, "Record the loss every N optimizer steps.")
+    gradient_checkpointing: bool = _field(False, "Trade compute for memory; off by default (135M fits easily).")
+    num_threads: int = _field(0, "torch CPU threads (0 = one per physical core).")
+    group_by_length: bool = _field(True, "Batch similar lengths together to cut padding.")
+
+
+SYSTEM_NAMES = ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _field("default", "Experiment name: results go to <runs_dir>/<name>/.")
+    runs_dir: str = _field("runs", "Root folder of run records and adapters.")
+    systems: list[str] = _field(list(SYSTEM_NAMES), "Systems under test, from the registry: " + ", ".join(SYSTEM_NAMES) + ".")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data."})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapter shape."})
+    quant: QuantSettings = field(default_factory=QuantSettings, metadata={"help": "4-bit settings of the QLoRA systems."})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Optimisation settings shared by every system."})
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, hint, where: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(hint, value, where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = hint(value) if hint is float else int(str(value), 0) if isinstance(value, str) else value
+        except ValueError:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and (not isinstance(number, int) or isinstance(value, float) and value != int(value)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return hint(number)
+    if hint is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _build(cls, values: dict, where: str):
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    from harness.registry import SYSTEMS
+    known = {s.name for s in SYSTEMS}
+    for s in cfg.systems:
+        if s not in known:
+            raise ConfigError(f"systems: unknown system {s!r} (known: {', '.join(sorted(known))})")
+    if not 0 <= cfg.data.validation_fraction < 1:
+        raise ConfigError("data.validation_fraction: must be in [0, 1)")
+    if cfg.train.lr_scheduler not in ("linear", "cosine", "constant", "constant_with_warmup"):
+        raise ConfigError(f"train.lr_scheduler: unknown schedule {cfg.train.lr_scheduler!r}")
+    if cfg.quant.quant_type not in ("nf4", "fp4"):
+        raise ConfigError(f"quant.quant_type: must be nf4 or fp4, got {cfg.quant.quant_type!r}")
+    if cfg.quant.compute_dtype not in ("bfloat16", "float32", "float16"):
+        raise ConfigError(f"quant.compute_dtype: unknown dtype {cfg.quant.compute_dtype!r}")
+    for key in ("batch_size", "grad_accum", "max_length", "logging_steps"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1")
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """torchtune-style `a.b=value` strings -> nested dict. Values are parsed as YAML scalars/lists."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load an experiment from YAML (or the defaults), then apply key=value overrides."""
+    values: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        values.setdefault("name", Path(path).stem)
+    try:
+        values = _merge(values, parse_overrides(overrides or []))
+        return validate(_build(ExperimentConfig, values, ""))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe(cls=ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) rows for `musicprod config --help`-style listings."""
+    rows = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+    return rows

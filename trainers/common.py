@@ -1,0 +1,177 @@
+"""What every system shares, so the comparison is fair: data shaping, SFTConfig, measurement, run record.
+
+Import only after `unsloth` in Unsloth processes (it patches transformers/trl on import).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from harness.config import ExperimentConfig
+from harness.data import load_training_set, split_train_validation, to_prompt_completion, dataset_fingerprint
+from harness.records import peak_rss_mib
+
+WARMUP_STEPS_EXCLUDED = 2  # first optimizer steps pay one-off costs (allocator, kernel selection)
+
+
+def load_splits(cfg: ExperimentConfig):
+    from datasets import Dataset
+    rows = load_training_set(cfg.data.train_path)
+    train, val = split_train_validation(rows, cfg.data.validation_fraction, cfg.train.seed)
+    if cfg.data.max_train_items:
+        train = train[: cfg.data.max_train_items]
+    shape = lambda rs: Dataset.from_list([to_prompt_completion(r, cfg.data.system_prompt) for r in rs])
+    return shape(train), (shape(val) if val else None), dataset_fingerprint(cfg.data.train_path, train, val)
+
+
+def sft_config(cfg: ExperimentConfig, output_dir: str | Path, use_cpu: bool) -> SFTConfig:
+    """One SFTConfig for every system: identical optimisation settings are the point of the benchmark."""
+    t = cfg.train
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_length=t.max_length,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=t.bf16,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        gradient_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        completion_only_loss=True,  # loss on the answer only
+        packing=False,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        use_cpu=use_cpu,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def effective_settings(args: SFTConfig, cfg: ExperimentConfig) -> dict:
+    """The settings that must match across systems (asserted by tests, written to run records)."""
+    return {
+        "learning_rate": args.learning_rate, "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "warmup": args.warmup_steps, "batch_size": args.per_device_train_batch_size,
+        "grad_accum": args.gradient_accumulation_steps, "epochs": args.num_train_epochs, "max_steps": args.max_steps,
+        "max_length": args.max_length, "seed": args.seed, "bf16": args.bf16,
+        "completion_only_loss": args.completion_only_loss, "packing": args.packing,
+        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
+        "target_modules": sorted(cfg.lora.target_modules),
+    }
+
+
+class MeasuringCallback(TrainerCallback):
+    """Wall time per optimizer step and the logged loss curve."""
+
+    def __init__(self):
+        self.step_times: list[float] = []
+        self.loss_curve: list[dict] = []
+        self._t0 = None
+        self.tokens_at_step: list[int] = []
+        self.trainer = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if args.device.type == "cuda":
+            torch.cuda.synchronize()
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if args.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.step_times.append(time.perf_counter() - self._t0)
+        self.tokens_at_step.append(self.trainer.tokens_seen if self.trainer else 0)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self.loss_curve.append({"step": state.global_step, "loss": float(logs["loss"]),
+                                    "tokens": self.trainer.tokens_seen if self.trainer else None,
+                                    "learning_rate": logs.get("learning_rate")})
+
+
+def fused_lm_head_available() -> bool:
+    from trl.trainer import utils as trl_utils
+    return trl_utils._ChunkedLogProbFunction is not None
+
+
+def counting_trainer_class(base=SFTTrainer):
+    """SFTTrainer that counts the non-padding tokens it trains on (attention mask, or unpadded ids).
+
+    TRL 1.15 computes the loss with a Triton kernel (fused LM head); CPU builds of torch have no Triton,
+    so there the loss comes from the model's own forward (same completion-only labels, same reduction).
+    """
+
+    class CountingTrainer(base):
+        tokens_seen = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if fused_lm_head_available():
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            if mask is not None:
+                self.tokens_seen += int(mask.sum())
+            else:
+                self.tokens_seen += int(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    return CountingTrainer
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir: Path, tokenizer) -> dict:
+    """Train, measure, save the adapter, compute validation loss. Returns the figures for the run record."""
+    cuda = torch.cuda.is_available() and trainer.args.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    callback.trainer = trainer
+    start = time.perf_counter()
+    result = trainer.train()
+    train_wall = time.perf_counter() - start
+    steady = callback.step_times[WARMUP_STEPS_EXCLUDED:]
+    steady_tokens = (callback.tokens_at_step[-1] - callback.tokens_at_step[WARMUP_STEPS_EXCLUDED - 1]
+                     if len(callback.tokens_at_step) > WARMUP_STEPS_EXCLUDED else 0)
+    figures = {
+        "steps": trainer.state.global_step,
+        "train_tokens": trainer.tokens_seen,
+        "train_wall_s": round(train_wall, 3),
+        "train_tokens_per_s": round(trainer.tokens_seen / train_wall, 2) if train_wall else None,
+        "steady_tokens_per_s": round(steady_tokens / sum(steady), 2) if steady and sum(steady) else None,
+        "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
+        "step_time_p50_s": round(statistics.median(steady or callback.step_times), 4) if callback.step_times else None,
+        "loss_curve": callback.loss_curve,
+        "final_train_loss": callback.loss_curve[-1]["loss"] if callback.loss_curve else None,
+        "mean_train_loss": float(result.training_loss) if result.training_loss is not None and math.isfinite(result.training_loss) else None,
+    }
+    if cuda:
+        figures["peak_vram_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        figures["peak_vram_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    trainer.model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    if eval_dataset is not None and len(eval_dataset):
+        figures["validation_loss"] = float(trainer.evaluate(eval_dataset)["eval_loss"])
+    figures["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    return figures

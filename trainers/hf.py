@@ -1,0 +1,50 @@
+"""Systems hf-lora and hf-qlora: TRL SFTTrainer + PEFT, optionally on a bitsandbytes 4-bit base."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from trainers import common
+
+
+def bnb_config(cfg) -> BitsAndBytesConfig:
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant.quant_type,
+                              bnb_4bit_use_double_quant=cfg.quant.double_quant,
+                              bnb_4bit_compute_dtype=getattr(torch, cfg.quant.compute_dtype))
+
+
+def lora_config(cfg) -> LoraConfig:
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def load_model(model_path: str, cfg, quantized: bool, cuda: bool):
+    dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
+    kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if quantized:
+        kwargs["quantization_config"] = bnb_config(cfg)
+        kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    return model
+
+
+def train(cfg, system, model_path: str, out_dir: Path) -> dict:
+    cuda = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_ds, val_ds, data_info = common.load_splits(cfg)
+    model = get_peft_model(load_model(model_path, cfg, system.quantized, cuda), lora_config(cfg))
+    args = common.sft_config(cfg, out_dir / "trainer", use_cpu=not cuda)
+    callback = common.MeasuringCallback()
+    trainer = common.counting_trainer_class()(model=model, args=args, train_dataset=train_ds,
+                                               processing_class=tokenizer, callbacks=[callback])
+    trainable, total = common.count_params(model)
+    figures = common.run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer)
+    return {"data": data_info, "trainable_params": trainable, "total_params": total,
+            "effective_settings": common.effective_settings(args, cfg), **figures}

@@ -1,0 +1,70 @@
+"""Entry point of one system's training process: `python -m trainers.worker SPEC.json`.
+
+Each system trains in a fresh process: Unsloth patches transformers on import, and sharing a process
+would corrupt the comparison. The worker always leaves a run record: ok, skipped (with the reason) or failed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from harness import set_offline_env
+from harness.config import load_config
+from harness.records import base_record, write_record, now_iso
+from harness.registry import get_system
+
+
+def skip_reason(system) -> str | None:
+    if not system.needs_cuda:
+        return None
+    import importlib.util
+    if importlib.util.find_spec("unsloth") is None:
+        return "unsloth is not installed (pip install -e '.[gpu]' on a CUDA machine)"
+    import torch
+    if not torch.cuda.is_available():
+        return "Unsloth needs a CUDA GPU; this machine has none (torch.cuda.is_available() is False)"
+    return None
+
+
+def main(spec_path: str) -> int:
+    set_offline_env()
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = load_config(spec["config_path"], spec["overrides"])
+    system = get_system(spec["system"])
+    out_dir = cfg.experiment_dir / system.name
+    record = base_record(system.name, "running", spec["config"])
+    record.update({"base_model": spec["model"], "adapter_path": None})
+    reason = skip_reason(system)
+    if reason:
+        record.update(status="skipped", reason=reason, finished_at=now_iso())
+        write_record(cfg.experiment_dir, system.name, record)
+        print(f"[{system.name}] skipped: {reason}", flush=True)
+        return 0
+    import torch
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    start = time.perf_counter()
+    try:
+        if system.framework == "unsloth":
+            from trainers import unsloth_sut as impl
+        else:
+            from trainers import hf as impl
+        figures = impl.train(cfg, system, spec["model"]["path"], out_dir)
+        record.update(figures, status="ok", adapter_path=str(out_dir / "adapter"))
+        code = 0
+    except Exception as e:  # the record says what broke; the parent reports it
+        record.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        code = 1
+    record.update(wall_s=round(time.perf_counter() - start, 2), finished_at=now_iso())
+    from harness.records import device_info
+    record["device"] = device_info()
+    write_record(cfg.experiment_dir, system.name, record)
+    print(f"[{system.name}] {record['status']}" + (f": {record.get('reason')}" if code else ""), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
