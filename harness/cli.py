@@ -15,12 +15,13 @@ from harness.models import ModelError
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     """`[CONFIG] [key=value ...]`: a first argument without '=' is the experiment YAML (path or configs/NAME)."""
-    if args and "=" not in args[0]:
-        path = Path(args[0])
-        if not path.exists() and (Path("configs") / f"{args[0]}.yaml").exists():
-            path = Path("configs") / f"{args[0]}.yaml"
-        return str(path), args[1:]
-    return None, args
+    if not args or "=" in args[0]:
+        default = Path("configs/default.yaml")
+        return (str(default) if default.exists() else None), list(args)
+    path = Path(args[0])
+    if not path.exists() and (Path("configs") / f"{args[0]}.yaml").exists():
+        path = Path("configs") / f"{args[0]}.yaml"
+    return str(path), args[1:]
 
 
 def cmd_run(ns) -> int:
@@ -37,10 +38,12 @@ def cmd_run(ns) -> int:
 
 
 def cmd_train(ns) -> int:
+    from harness.data import load_training_set
     from harness.models import prepare
     from harness.pipeline import train_system
     config_path, overrides = _split_config_args(ns.args)
     cfg = load_config(config_path, overrides)
+    load_training_set(cfg.data.train_path)
     model = prepare(cfg.model.name, cfg.model.cache_dir)
     record = train_system(cfg, config_path, overrides, ns.system, model)
     print(json.dumps({k: record.get(k) for k in ("system", "status", "reason", "train_tokens_per_s", "validation_loss")}))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness import OFFLINE_ENV
 from harness.config import ExperimentConfig, to_dict
+from harness.data import load_training_set
 from harness.models import prepare
 from harness.records import base_record, now_iso, record_path, write_record
 
@@ -44,6 +45,7 @@ def train_system(cfg: ExperimentConfig, config_path: str | None, overrides: list
 def run_experiment(cfg: ExperimentConfig, config_path: str | None, overrides: list[str]) -> dict:
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
+    load_training_set(cfg.data.train_path)  # fail fast on bad data, before anything is written
     model = prepare(cfg.model.name, cfg.model.cache_dir)
     stages["prepare_s"] = round(time.perf_counter() - t0, 2)
     records = {}

@@ -1,0 +1,40 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.models import ModelError, prepare
+from harness.registry import BASE_MODELS
+
+
+def test_prepare_is_idempotent_and_records_source(model_cache):
+    target = Path(model_cache) / "smollm2-135m-instruct"
+    marker = json.loads((target / "musicprod_model.json").read_text())
+    before = (target / "model.safetensors").stat().st_mtime_ns
+    again = prepare("smollm2-135m-instruct", model_cache)
+    assert again.path == str(target)
+    assert (target / "model.safetensors").stat().st_mtime_ns == before  # second call is a no-op
+    assert len(marker["source_sha256"]) == 64 and marker["source_sha256"] == again.source_sha256
+
+
+def test_prepared_tokenizer_has_real_end_of_turn_and_no_default_system_prompt(model_cache):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
+    assert tok.eos_token == "<|im_end|>"
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="unknown base model 'smollm9'"):
+        prepare("smollm9", str(tmp_path))
+
+
+def test_local_folder_and_hf_id_pass_through(tmp_path):
+    assert prepare(str(tmp_path), str(tmp_path)).path == str(tmp_path.resolve())
+    assert prepare("HuggingFaceTB/SmolLM2-360M-Instruct", str(tmp_path)).path == "HuggingFaceTB/SmolLM2-360M-Instruct"
+
+
+def test_registry_names_are_unique():
+    names = [m.name for m in BASE_MODELS]
+    assert len(names) == len(set(names)) and names[0] == "smollm2-135m-instruct"
