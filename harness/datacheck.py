@@ -1,0 +1,187 @@
+"""`musicprod data check`: validate the training set and the held-out benchmark, and decontaminate.
+
+Checks: schema and types, response length, lang tag vs text (py3langid), exact and near duplicates in
+training, key-fact regexes (own reference >= 90 %, other references <= 15 % on average), MC answer spread,
+and held-out vs training contamination by 13-gram overlap (lm-eval's convention) and MiniLM cosine >= 0.9.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from harness.data import DatasetError, check_record, check_unique_ids, load_training_set, read_json_list
+
+TOPICS = ("ableton", "mixing", "mastering", "sound_design", "recording", "music_theory", "genre_workflows")
+DIFFICULTIES = ("beginner", "intermediate", "advanced")
+SOURCE_TYPES = ("docs-style", "forum Q&A", "step-by-step tutorial", "concept", "troubleshooting")
+RESPONSE_WORDS = (40, 250)
+NGRAM = 13
+COSINE_LIMIT = 0.9
+NEAR_DUPLICATE_COSINE = 0.95
+
+
+def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
+    tokens = re.findall(r"\w+", text.lower())
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def detect_lang(text: str) -> str:
+    import py3langid
+    return py3langid.classify(text)[0]
+
+
+def fact_hits(key_facts: list[dict], text: str) -> float:
+    hits = sum(any(re.search(p, text, re.IGNORECASE) for p in fact["any_of"]) for fact in key_facts)
+    return hits / len(key_facts)
+
+
+def load_qa(path: Path) -> list[dict]:
+    rows = read_json_list(path)
+    for i, row in enumerate(rows):
+        check_record(path, i, row, ("id", "lang", "topic", "difficulty", "question", "reference"))
+        facts = row.get("key_facts")
+        if not isinstance(facts, list) or not facts:
+            raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'key_facts' must be a non-empty list")
+        for j, fact in enumerate(facts):
+            if not isinstance(fact, dict) or not isinstance(fact.get("any_of"), list) or not fact["any_of"]:
+                raise DatasetError(f"{path}: record {i} (id={row['id']!r}): key_facts[{j}].any_of must be a non-empty list")
+            for pattern in fact["any_of"]:
+                try:
+                    re.compile(pattern)
+                except (re.error, TypeError) as e:
+                    raise DatasetError(f"{path}: record {i} (id={row['id']!r}): key_facts[{j}] bad regex {pattern!r}: {e}") from None
+    check_unique_ids(path, rows)
+    return rows
+
+
+def load_mc(path: Path) -> list[dict]:
+    rows = read_json_list(path)
+    for i, row in enumerate(rows):
+        check_record(path, i, row, ("id", "lang", "topic", "question"))
+        choices = row.get("choices")
+        if not (isinstance(choices, list) and len(choices) == 4 and all(isinstance(c, str) and c.strip() for c in choices)):
+            raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'choices' must be 4 non-empty strings")
+        if len(set(choices)) != 4:
+            raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'choices' has duplicates")
+        if row.get("answer") not in (0, 1, 2, 3) or isinstance(row.get("answer"), bool):
+            raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'answer' must be an integer 0-3")
+    check_unique_ids(path, rows)
+    return rows
+
+
+def check_training(path, rows) -> list[str]:
+    problems = []
+    for i, r in enumerate(rows):
+        where = f"{path}: record {i} (id={r['id']!r})"
+        for key, allowed in (("topic", TOPICS), ("difficulty", DIFFICULTIES), ("source_type", SOURCE_TYPES)):
+            if r.get(key) not in allowed:
+                problems.append(f"{where}: field {key!r} = {r.get(key)!r} not in {allowed}")
+        words = len(r["response"].split())
+        if not RESPONSE_WORDS[0] <= words <= RESPONSE_WORDS[1]:
+            problems.append(f"{where}: field 'response' has {words} words (allowed {RESPONSE_WORDS[0]}-{RESPONSE_WORDS[1]})")
+        got = detect_lang(r["instruction"] + " " + r["response"])
+        if got != r["lang"]:
+            problems.append(f"{where}: field 'lang' is {r['lang']!r} but the text reads as {got!r}")
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        key = " ".join(r["instruction"].lower().split())
+        if key in seen:
+            problems.append(f"{path}: record {i} (id={r['id']!r}): field 'instruction' exactly duplicates record {seen[key]}")
+        seen.setdefault(key, i)
+    return problems
+
+
+def check_heldout(qa_path, qa, mc_path, mc) -> list[str]:
+    problems = []
+    for i, r in enumerate(qa):
+        where = f"{qa_path}: record {i} (id={r['id']!r})"
+        if r.get("topic") not in TOPICS:
+            problems.append(f"{where}: field 'topic' = {r.get('topic')!r} not in {TOPICS}")
+        own = fact_hits(r["key_facts"], r["reference"])
+        if own < 0.9:
+            problems.append(f"{where}: field 'key_facts': own reference matches only {own:.0%} of the facts (need >= 90 %)")
+        others = [fact_hits(r["key_facts"], o["reference"]) for k, o in enumerate(qa) if k != i]
+        if others and sum(others) / len(others) > 0.15:
+            problems.append(f"{where}: field 'key_facts': other items' references match {sum(others) / len(others):.0%} on average (need <= 15 %)")
+        got = detect_lang(r["question"] + " " + r["reference"])
+        if got != r["lang"]:
+            problems.append(f"{where}: field 'lang' is {r['lang']!r} but the text reads as {got!r}")
+    positions = Counter(r["answer"] for r in mc)
+    if mc and max(positions.values()) - min(positions.get(k, 0) for k in range(4)) > max(3, len(mc) // 10):
+        problems.append(f"{mc_path}: correct answers unevenly spread over positions: {dict(sorted(positions.items()))}")
+    return problems
+
+
+def contamination(train, heldout: list[tuple[str, dict]], semantic: bool) -> list[str]:
+    """Held-out questions/references that share a 13-gram with, or are MiniLM-close to, training text."""
+    problems = []
+    index: dict[tuple, str] = {}
+    for r in train:
+        for g in ngrams(r["instruction"] + " " + r["response"]):
+            index.setdefault(g, r["id"])
+    for name, r in heldout:
+        text = r["question"] + " " + r.get("reference", "")
+        hit = next((index[g] for g in ngrams(text) if g in index), None)
+        if hit:
+            problems.append(f"{name} {r['id']}: shares a {NGRAM}-gram with training item {hit}")
+    if semantic and train and heldout:
+        from harness.embeddings import encode
+        train_vecs = encode([r["instruction"] for r in train])
+        held_vecs = encode([r["question"] for _, r in heldout])
+        sims = held_vecs @ train_vecs.T
+        for k, (name, r) in enumerate(heldout):
+            j = int(sims[k].argmax())
+            if sims[k, j] >= COSINE_LIMIT:
+                problems.append(f"{name} {r['id']}: question has MiniLM cosine {sims[k, j]:.2f} with training item {train[j]['id']}")
+    return problems
+
+
+def near_duplicates(path, train) -> list[str]:
+    from harness.embeddings import encode
+    vecs = encode([r["instruction"] for r in train])
+    sims = vecs @ vecs.T
+    problems = []
+    for i in range(len(train)):
+        for j in range(i + 1, len(train)):
+            if sims[i, j] >= NEAR_DUPLICATE_COSINE:
+                problems.append(f"{path}: record {j} (id={train[j]['id']!r}): field 'instruction' near-duplicates record {i} (cosine {sims[i, j]:.2f})")
+    return problems
+
+
+def stats_table(train, qa, mc) -> str:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="musicprod data: items by topic and language")
+    for col in ("topic", "train en", "train de", "qa en", "qa de", "mc en", "mc de"):
+        table.add_column(col, justify="right" if col != "topic" else "left")
+    count = lambda rows, t, l: sum(r["topic"] == t and r["lang"] == l for r in rows)
+    for t in TOPICS:
+        table.add_row(t, *(str(count(rows, t, l)) for rows in (train, qa, mc) for l in ("en", "de")))
+    de = lambda rows: f"{sum(r['lang'] == 'de' for r in rows) / max(1, len(rows)):.0%} de"
+    table.add_row("total", f"{len(train)}", de(train), f"{len(qa)}", de(qa), f"{len(mc)}", de(mc))
+    diff = Counter(r.get("difficulty") for r in train)
+    console = Console(width=120, record=True)
+    console.print(table)
+    console.print("train difficulty: " + ", ".join(f"{k}={v}" for k, v in sorted(diff.items(), key=str)))
+    return console.export_text()
+
+
+def run_check(train_path: str, benchmark_dir: str, semantic: bool = True) -> int:
+    bench = Path(benchmark_dir)
+    train = load_training_set(train_path)
+    qa = load_qa(bench / "qa.json")
+    mc = load_mc(bench / "mc.json")
+    problems = check_training(train_path, train) + check_heldout(bench / "qa.json", qa, bench / "mc.json", mc)
+    if semantic:
+        problems += near_duplicates(train_path, train)
+    heldout = [("qa", r) for r in qa] + [("mc", r) for r in mc]
+    leaks = contamination(train, heldout, semantic)
+    stats_table(train, qa, mc)
+    for p in problems:
+        print(f"error: {p}")
+    for p in leaks:
+        print(f"contamination: {p}")
+    print(f"{len(problems)} data errors, {len(leaks)} contaminated held-out items "
+          f"({len(train)} training, {len(qa)} QA, {len(mc)} MC)")
+    return 1 if problems or leaks else 0
