@@ -194,3 +194,18 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
         figures["validation_loss"] = float(trainer.evaluate(eval_dataset)["eval_loss"])
     figures["peak_rss_mib"] = round(peak_rss_mib(), 1)
     return figures
+
+
+def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool) -> dict:
+    """The part every system shares after loading its model: data, SFTConfig, training, measurement."""
+    train_ds, val_ds, data_info = load_splits(cfg)
+    args = sft_config(cfg, out_dir / "trainer", use_cpu=use_cpu)
+    callback = MeasuringCallback()
+    trainer = counting_trainer_class()(model=model, args=args, train_dataset=train_ds,
+                                       processing_class=tokenizer, callbacks=[callback])
+    # Unsloth reads its own max_seq_length; TRL's max_length must not silently differ from the config.
+    assert trainer.args.max_length == cfg.train.max_length, "TRL max_length diverged from the experiment's"
+    trainable, total = count_params(model)
+    figures = run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer)
+    return {"data": data_info, "trainable_params": trainable, "total_params": total,
+            "effective_settings": effective_settings(args, cfg), **figures}

@@ -38,13 +38,5 @@ def train(cfg, system, model_path: str, out_dir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, val_ds, data_info = common.load_splits(cfg)
     model = get_peft_model(load_model(model_path, cfg, system.quantized, cuda), lora_config(cfg))
-    args = common.sft_config(cfg, out_dir / "trainer", use_cpu=not cuda)
-    callback = common.MeasuringCallback()
-    trainer = common.counting_trainer_class()(model=model, args=args, train_dataset=train_ds,
-                                               processing_class=tokenizer, callbacks=[callback])
-    trainable, total = common.count_params(model)
-    figures = common.run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer)
-    return {"data": data_info, "trainable_params": trainable, "total_params": total,
-            "effective_settings": common.effective_settings(args, cfg), **figures}
+    return common.fit(cfg, model, tokenizer, out_dir, use_cpu=not cuda)

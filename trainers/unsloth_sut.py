@@ -22,14 +22,4 @@ def train(cfg, system, model_path: str, out_dir: Path) -> dict:
         target_modules=list(cfg.lora.target_modules), bias="none", random_state=cfg.train.seed,
         use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
         max_seq_length=cfg.train.max_length)
-    train_ds, val_ds, data_info = common.load_splits(cfg)
-    args = common.sft_config(cfg, out_dir / "trainer", use_cpu=False)
-    callback = common.MeasuringCallback()
-    trainer = common.counting_trainer_class()(model=model, args=args, train_dataset=train_ds,
-                                               processing_class=tokenizer, callbacks=[callback])
-    # Unsloth reads its own max_seq_length; TRL's max_length must not silently differ from it.
-    assert trainer.args.max_length == cfg.train.max_length, "TRL max_length diverged from Unsloth's"
-    trainable, total = common.count_params(model)
-    figures = common.run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer)
-    return {"data": data_info, "trainable_params": trainable, "total_params": total,
-            "effective_settings": common.effective_settings(args, cfg), **figures}
+    return common.fit(cfg, model, tokenizer, out_dir, use_cpu=False)
