@@ -96,7 +96,3 @@ def _verify_reload(model, reloaded, name: str) -> None:
         b = reloaded(ids).logits.float()
     if not torch.allclose(a, b, atol=1e-3, rtol=1e-3):
         raise ModelError(f"{name}: reloaded HF folder gives different logits (max diff {(a - b).abs().max():.3g})")
-
-
-def resolve(name: str, cache_dir: str) -> ResolvedModel:
-    return prepare(name, cache_dir, progress=True)

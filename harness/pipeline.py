@@ -12,6 +12,7 @@ from pathlib import Path
 from harness import OFFLINE_ENV
 from harness.config import ExperimentConfig, to_dict
 from harness.data import load_training_set
+from harness.io import write_json_atomic
 from harness.models import prepare
 from harness.records import base_record, now_iso, record_path, write_record
 
@@ -59,6 +60,5 @@ def run_experiment(cfg: ExperimentConfig, config_path: str | None, overrides: li
                "systems": {s: {k: r.get(k) for k in ("status", "reason", "train_tokens_per_s", "validation_loss",
                                                       "final_train_loss", "adapter_path")}
                            for s, r in records.items()}}
-    from harness.io import write_json_atomic
     write_json_atomic(cfg.experiment_dir / "experiment.json", summary)
     return summary

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness import set_offline_env
 from harness.config import load_config
-from harness.records import base_record, write_record, now_iso
+from harness.records import base_record, device_info, now_iso, write_record
 from harness.registry import get_system
 
 
@@ -59,8 +59,7 @@ def main(spec_path: str) -> int:
         record.update(status="failed", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         code = 1
     record.update(wall_s=round(time.perf_counter() - start, 2), finished_at=now_iso())
-    from harness.records import device_info
-    record["device"] = device_info()
+    record["device"] = device_info()  # again after training: now with torch's thread count and GPU
     write_record(cfg.experiment_dir, system.name, record)
     print(f"[{system.name}] {record['status']}" + (f": {record.get('reason')}" if code else ""), flush=True)
     return code
