@@ -1,0 +1,62 @@
+"""Where every stage writes inside an experiment directory (runs/<experiment>/): the one place that knows.
+
+    runs/<experiment>/
+      experiment.json                 stage wall times, per-system status (harness.pipeline)
+      <system>/run.json               run record of one trained system (harness.records)
+      <system>/adapter/               its LoRA adapter (PEFT format)
+      eval/summary.json               aggregated quality: metrics with 95 % bootstrap CIs, breakdowns by
+                                      language and topic, paired deltas with p-values (harness.evaluate)
+      eval/<target>/results.json      lm-eval results for one target ("base" or a system name)
+      eval/<target>/samples_<task>.jsonl   lm-eval per-sample logs
+      eval/<target>/generations.jsonl one QA item per line: id, lang, topic, difficulty, question, reference,
+                                      key_facts, answer, metrics{rougeL, bleu, chrf, key_fact_recall, semscore}
+      eval/<target>/mc.jsonl          one MC item per line: id, lang, topic, acc, acc_norm
+      judge/<judge>/...               LLM-judge scores and reliability (harness.judge)
+      ratings.sqlite                  human ratings (harness.ratings)
+      champion.json                   the chosen system, read by the server (reports)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+BASE_TARGET = "base"  # evaluation target name of the un-adapted base model
+
+
+def eval_dir(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / "eval"
+
+
+def eval_summary_path(experiment_dir: str | Path) -> Path:
+    return eval_dir(experiment_dir) / "summary.json"
+
+
+def target_dir(experiment_dir: str | Path, target: str) -> Path:
+    return eval_dir(experiment_dir) / target
+
+
+def generations_path(experiment_dir: str | Path, target: str) -> Path:
+    return target_dir(experiment_dir, target) / "generations.jsonl"
+
+
+def mc_items_path(experiment_dir: str | Path, target: str) -> Path:
+    return target_dir(experiment_dir, target) / "mc.jsonl"
+
+
+def adapter_dir(experiment_dir: str | Path, system: str) -> Path:
+    return Path(experiment_dir) / system / "adapter"
+
+
+def judge_dir(experiment_dir: str | Path, judge: str) -> Path:
+    return Path(experiment_dir) / "judge" / judge
+
+
+def ratings_db_path(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / "ratings.sqlite"
+
+
+def champion_path(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / "champion.json"
+
+
+def report_dir(experiment_name: str, root: str | Path = "reports/out") -> Path:
+    return Path(root) / experiment_name
