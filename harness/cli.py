@@ -83,6 +83,11 @@ def cmd_bench(ns) -> int:
     return bench.main(ns.what, ns.args)
 
 
+def cmd_serve(ns) -> int:
+    from server.main import serve
+    return serve(ns)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musicprod", description="Fine-tune, evaluate and serve music-production LMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -108,10 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--benchmark-dir", default="benchmarks/musicprod/data")
     d.add_argument("--no-semantic", action="store_true", help="skip the MiniLM near-duplicate checks")
     d.set_defaults(func=cmd_data)
-    b = sub.add_parser("bench", help="benchmarks that print figures: train")
-    b.add_argument("what", choices=["train"])
-    b.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    b = sub.add_parser("bench", help="benchmarks that print figures: train | serve")
+    b.add_argument("what", choices=["train", "serve"])
+    b.add_argument("args", nargs=argparse.REMAINDER,
+                   help="train: [CONFIG.yaml] [key=value ...]; serve: see `musicprod bench serve --help`")
     b.set_defaults(func=cmd_bench)
+    s = sub.add_parser("serve", help="serve the champion over HTTP (/generate, OpenAI /v1/chat/completions)")
+    from server.main import add_arguments as add_serve_arguments
+    add_serve_arguments(s)
+    s.set_defaults(func=cmd_serve)
     return p
 
 

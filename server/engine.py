@@ -1,0 +1,326 @@
+"""The model worker: one thread owns the model, takes requests from a bounded queue and generates them in
+dynamic batches (requests that arrive within a few milliseconds of each other run together, left-padded).
+
+Why a hand-written decoding loop instead of `model.generate`: generate applies one sampling configuration
+(temperature, top_p, seed, stop strings) to a whole batch and cannot stream rows separately; a server batch mixes
+requests with different settings and streams each one as it goes. The loop is the usual KV-cached one: a
+left-padded prefill, then one token per row per step, rows leaving the batch (and the cache) as they finish.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+log = logging.getLogger("musicprod.server")
+
+
+class QueueFull(Exception):
+    """The bounded request queue is full (-> 429)."""
+
+
+class NotReady(Exception):
+    """The model is still loading or failed to load (-> 503)."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+
+
+@dataclass
+class Event:
+    kind: str  # "delta" | "done" | "error"
+    text: str = ""
+    logprobs: list | None = None  # per token: {token, logprob, bytes, top_logprobs}
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Request:
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, deadline: float):
+        self.id = uuid.uuid4().hex
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.deadline = deadline
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.cancelled = threading.Event()
+        self.enqueued_at = time.monotonic()
+        self.completion_tokens = 0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _Row:
+    """Decoding state of one request inside a running batch."""
+
+    def __init__(self, req: Request, eos_ids: set[int]):
+        import torch
+        self.req = req
+        self.p = req.params
+        self.eos_ids = set() if self.p.ignore_eos else eos_ids
+        self.tokens: list[int] = []
+        self.emitted = 0  # characters of the decoded completion already sent
+        self.pending_logprobs: list[dict] = []
+        self.hold = max((len(s) for s in self.p.stop), default=1) - 1
+        self.generator = torch.Generator().manual_seed(self.p.seed if self.p.seed is not None
+                                                       else int.from_bytes(uuid.uuid4().bytes[:6], "big"))
+
+
+class Engine:
+    def __init__(self, *, max_queue: int = 64, max_batch: int = 16, batch_window_ms: float = 5.0,
+                 metrics=None):
+        self.max_queue = max_queue
+        self.max_batch = max(1, max_batch)
+        self.batch_window_s = batch_window_ms / 1000.0
+        self.metrics = metrics
+        self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
+        self._generate_lock = threading.Lock()  # documents and enforces: one thread inside generate
+        self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe for concurrent use
+        self.loaded = None  # server.loading.LoadedModel once ready
+        self.load_error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.active_rows = 0
+        self.batches_run = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        """Run `loader()` -> LoadedModel (in the caller's thread), then start the worker."""
+        try:
+            self.loaded = loader()
+            self.eos_ids = self._eos_ids()
+        except Exception as e:  # reported by /ready and every generate call
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.exception("model load failed")
+            return
+        self._thread = threading.Thread(target=self._worker, name="model-worker", daemon=True)
+        self._thread.start()
+
+    def load_in_background(self, loader) -> threading.Thread:
+        t = threading.Thread(target=self.load, args=(loader,), name="model-loader", daemon=True)
+        t.start()
+        return t
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded is not None and self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # ---- tokenizer helpers (request threads) -------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.loaded.load_info["model_id"] if self.loaded else "loading"
+
+    @property
+    def context_length(self) -> int:
+        return self.loaded.load_info["context_length"]
+
+    def encode_prompt(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+        if not self.loaded:
+            raise NotReady(self.load_error or "model is loading")
+        tok = self.loaded.tokenizer
+        with self._tok_lock:
+            if messages is not None:
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            else:
+                text = prompt
+            return tok(text, add_special_tokens=messages is None)["input_ids"]
+
+    def _eos_ids(self) -> set[int]:
+        tok, model = self.loaded.tokenizer, self.loaded.model
+        ids = {tok.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        return {i for i in ids if i is not None}
+
+    # ---- submission ----------------------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams, timeout_s: float) -> Request:
+        if not self.ready:
+            raise NotReady(self.load_error or "model is loading")
+        req = Request(prompt_ids, params, time.monotonic() + timeout_s)
+        try:
+            self._queue.put_nowait(req)
+        except queue.Full:
+            raise QueueFull(f"request queue is full ({self.max_queue} waiting)") from None
+        return req
+
+    # ---- worker --------------------------------------------------------------------------------------------
+    def _collect_batch(self) -> list[Request]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        window_end = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch:
+            remaining = window_end - time.monotonic()
+            try:
+                batch.append(self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        live = []
+        for req in batch:
+            if req.cancelled.is_set() or now > req.deadline:
+                req.cancel()
+                req.events.put(Event("error", error="timeout"))
+            else:
+                live.append(req)
+        return live
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            batch = self._collect_batch()
+            if not batch:
+                continue
+            if self.metrics:
+                self.metrics.batch_size.observe(len(batch))
+                for req in batch:
+                    self.metrics.queue_wait.observe(time.monotonic() - req.enqueued_at)
+            try:
+                self.generate(batch)
+            except Exception as e:  # a bug or OOM must not kill the worker: fail this batch, keep serving
+                log.exception("generation failed")
+                for req in batch:
+                    req.events.put(Event("error", error=f"{type(e).__name__}: {e}"))
+
+    def generate(self, batch: list[Request]) -> None:
+        if not self._generate_lock.acquire(blocking=False):
+            raise RuntimeError("two threads inside Engine.generate")
+        try:
+            self.batches_run += 1
+            self._generate(batch)
+        finally:
+            self.active_rows = 0
+            self._generate_lock.release()
+
+    def _generate(self, batch: list[Request]) -> None:
+        import torch
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        rows = [_Row(r, self.eos_ids) for r in batch]
+        pad = tok.pad_token_id
+        width = max(len(r.req.prompt_ids) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: every row's last prompt token sits in the last column
+            n = len(r.req.prompt_ids)
+            input_ids[i, width - n:] = torch.tensor(r.req.prompt_ids)
+            attention[i, width - n:] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+        cache = DynamicCache(config=model.config)
+        self.active_rows = len(rows)
+        with torch.inference_mode():
+            out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            next_pos = positions[:, -1:] + 1
+            while rows:
+                logits = out.logits[:, -1, :].float()
+                step_tokens = [self._step_row(r, logits[i]) for i, r in enumerate(rows)]
+                keep = [i for i, r in enumerate(rows) if not self._finish_if_done(r)]
+                if not keep:
+                    break
+                if len(keep) < len(rows):  # finished rows leave the batch and the KV cache
+                    idx = torch.tensor(keep)
+                    cache.batch_select_indices(idx)
+                    attention, next_pos = attention[idx], next_pos[idx]
+                    rows = [rows[i] for i in keep]
+                    step_tokens = [step_tokens[i] for i in keep]
+                    self.active_rows = len(rows)
+                attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+                out = model(input_ids=torch.tensor(step_tokens).unsqueeze(1), attention_mask=attention,
+                            position_ids=next_pos, past_key_values=cache, use_cache=True)
+                next_pos = next_pos + 1
+
+    def _step_row(self, row: _Row, logits) -> int:
+        """Pick the next token of one row (greedy or temperature + top-p with the row's own generator)."""
+        import torch
+        p = row.p
+        if p.temperature == 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(logits / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                outside = sorted_p.cumsum(-1) - sorted_p > p.top_p  # keep the smallest set reaching top_p
+                sorted_p[outside] = 0
+                token = int(order[torch.multinomial(sorted_p, 1, generator=row.generator)])
+            else:
+                token = int(torch.multinomial(probs, 1, generator=row.generator))
+        row.tokens.append(token)
+        if p.logprobs:
+            row.pending_logprobs.append(self._logprob_entry(logits, token, p.top_logprobs))
+        return token
+
+    def _token_entry(self, token_id: int, logprob: float) -> dict:
+        text = self.loaded.tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    def _logprob_entry(self, logits, token: int, top_n: int) -> dict:
+        import torch
+        logp = torch.log_softmax(logits, dim=-1)  # the model's own distribution, before temperature/top-p
+        entry = self._token_entry(token, float(logp[token]))
+        entry["top_logprobs"] = []
+        if top_n:
+            values, ids = torch.topk(logp, top_n)
+            entry["top_logprobs"] = [self._token_entry(int(i), float(v)) for v, i in zip(values, ids)]
+        return entry
+
+    def _finish_if_done(self, row: _Row) -> bool:
+        """Emit the row's new text; True when the row is finished (eos, stop string, length, cancelled)."""
+        req, p = row.req, row.p
+        req.completion_tokens = len(row.tokens)
+        if self.metrics:
+            self.metrics.tokens_generated.inc()
+        if req.cancelled.is_set() or time.monotonic() > req.deadline:
+            req.cancel()
+            req.events.put(Event("error", error="timeout"))
+            return True
+        hit_eos = row.tokens[-1] in row.eos_ids
+        ids = row.tokens[:-1] if hit_eos else row.tokens
+        text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        finish = "stop" if hit_eos else ("length" if len(row.tokens) >= p.max_new_tokens else None)
+        cut = self._find_stop(text, row)
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+        if finish:
+            self._emit(row, text[row.emitted:])
+            req.events.put(Event("done", finish_reason=finish))
+            return True
+        # Hold back what could be the start of a stop string or half of a multi-byte character.
+        safe = len(text) - row.hold
+        if text.endswith("\ufffd"):
+            safe = min(safe, len(text) - 1)
+        if safe > row.emitted:
+            self._emit(row, text[row.emitted:safe])
+            row.emitted = safe
+        return False
+
+    @staticmethod
+    def _find_stop(text: str, row: _Row) -> int | None:
+        start = max(0, row.emitted - row.hold)
+        hits = [i for i in (text.find(s, start) for s in row.p.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    @staticmethod
+    def _emit(row: _Row, text: str) -> None:
+        if text or row.pending_logprobs:
+            row.req.events.put(Event("delta", text=text, logprobs=row.pending_logprobs or None))
+            row.pending_logprobs = []

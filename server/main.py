@@ -1,0 +1,78 @@
+"""`musicprod serve`: resolve what to serve, start the WSGI server (waitress), load the model once."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from server.app import ServeSettings, create_app
+from server.engine import Engine
+from server.loading import ServeError, from_adapter, from_base, from_champion, load_model, make_roots
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--experiment", default=None, help="serve runs/<EXPERIMENT>/champion.json (default: default)")
+    what.add_argument("--adapter", default=None, help="serve this PEFT adapter folder (inside --runs-dir or a --model-dir)")
+    what.add_argument("--base", action="store_true", help="serve the plain base model (--base-model), no adapter")
+    p.add_argument("--base-model", default=None, help="base model for --adapter/--base (registry name or folder)")
+    p.add_argument("--runs-dir", default="runs", help="experiments live here; adapters may be read from it")
+    p.add_argument("--model-dir", action="append", default=[],
+                   help="extra directory models/adapters may be read from (repeatable); the model cache always is")
+    p.add_argument("--cache-dir", default="~/.cache/musicprod/models", help="prepared base models")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 = any free port (printed at start-up)")
+    p.add_argument("--threads", type=int, default=32, help="waitress worker threads (>= expected concurrency)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
+    p.add_argument("--merge", default="auto", choices=["auto", "yes", "no"],
+                   help="auto: time attached vs merged LoRA at start-up and keep the faster")
+    p.add_argument("--max-batch", type=int, default=16, help="requests generated together (1 = no batching)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for company")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests; more -> 429")
+    p.add_argument("--max-new-tokens-cap", type=int, default=1024)
+    p.add_argument("--timeout-s", type=float, default=120.0, help="per request, queue wait included; past it -> 504")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default, one per core); 1 is steadier on a busy machine")
+    p.add_argument("--log-level", default="INFO")
+
+
+def resolve_target(ns):
+    roots = make_roots(ns.runs_dir, ns.model_dir, ns.cache_dir)
+    if ns.adapter:
+        return from_adapter(ns.adapter, roots, ns.cache_dir, ns.base_model)
+    if ns.base:
+        return from_base(ns.base_model, roots, ns.cache_dir)
+    return from_champion(ns.experiment or "default", roots, ns.cache_dir)
+
+
+def serve(ns) -> int:
+    from waitress.server import create_server
+    logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        target = resolve_target(ns)
+    except ServeError as e:
+        print(f"musicprod serve: error: {e}", file=sys.stderr)
+        return 2
+    if ns.torch_threads > 0:
+        import torch
+        torch.set_num_threads(ns.torch_threads)
+    engine = Engine(max_queue=ns.queue_size, max_batch=ns.max_batch, batch_window_ms=ns.batch_window_ms)
+    settings = ServeSettings.from_env(max_new_tokens_cap=ns.max_new_tokens_cap, request_timeout_s=ns.timeout_s,
+                                      max_body_bytes=ns.max_body_bytes,
+                                      default_max_new_tokens=min(256, ns.max_new_tokens_cap))
+    app = create_app(engine, settings)
+    # Listen first so /health answers and /ready reports loading; the model loads once, in the background.
+    srv = create_server(app, host=ns.host, port=ns.port, threads=ns.threads, ident="musicprod",
+                        # waitress' own (plain-text) 413 only for grossly oversize bodies; Flask answers the rest
+                        max_request_body_size=max(4 * ns.max_body_bytes, 8 << 20))
+    print(f"musicprod serve: {target.model_id} ({target.source}) listening on "
+          f"http://{ns.host}:{srv.effective_port}  auth={'bearer' if settings.api_key else 'off'}", flush=True)
+    engine.load_in_background(lambda: load_model(target, ns.dtype, ns.merge))
+    try:
+        srv.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.stop()
+    return 0

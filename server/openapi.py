@@ -1,0 +1,64 @@
+"""OpenAPI 3.1 document built from the pydantic schemas (one source of truth for validation and docs)."""
+from __future__ import annotations
+
+from pydantic.json_schema import models_json_schema
+
+from server import schemas
+
+REF = "#/components/schemas/{model}"
+
+
+def _json(ref: str) -> dict:
+    return {"application/json": {"schema": {"$ref": REF.format(model=ref)}}}
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Invalid request (schema, cap, context length)", 401: "Missing or wrong API key",
+            404: "Unknown model", 413: "Request body too large", 429: "Queue full (see Retry-After)",
+            503: "Model not loaded yet", 504: "Generation timed out"}
+    return {str(c): {"description": text[c], "content": _json("ErrorResponse")} for c in codes}
+
+
+def build_spec(settings) -> dict:
+    models = [(schemas.GenerateRequest, "validation"), (schemas.GenerateResponse, "serialization"),
+              (schemas.ChatCompletionRequest, "validation"), (schemas.ChatCompletion, "serialization"),
+              (schemas.ModelList, "serialization"), (schemas.ErrorResponse, "serialization"),
+              (schemas.Health, "serialization"), (schemas.Ready, "serialization")]
+    _, top = models_json_schema(models, ref_template=REF)
+    components = {"schemas": top["$defs"]}
+    security = []
+    if settings.api_key:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        security = [{"bearer": []}]
+    gen_errors = _errors(400, 401, 413, 429, 503, 504) if settings.api_key else _errors(400, 413, 429, 503, 504)
+    paths = {
+        "/generate": {"post": {
+            "summary": "Generate text from a prompt or chat messages", "operationId": "generate",
+            "security": security,
+            "requestBody": {"required": True, "content": _json("GenerateRequest")},
+            "responses": {"200": {"description": "Completion", "content": _json("GenerateResponse")}, **gen_errors}}},
+        "/v1/chat/completions": {"post": {
+            "summary": "OpenAI-compatible chat completion (stream: true -> server-sent events ending with [DONE])",
+            "operationId": "createChatCompletion", "security": security,
+            "requestBody": {"required": True, "content": _json("ChatCompletionRequest")},
+            "responses": {"200": {"description": "Completion (JSON) or a text/event-stream of chunks",
+                                  "content": {**_json("ChatCompletion"),
+                                              "text/event-stream": {"schema": {"type": "string"}}}},
+                          **gen_errors, **_errors(404)}}},
+        "/v1/models": {"get": {
+            "summary": "The served model", "operationId": "listModels", "security": security,
+            "responses": {"200": {"description": "Models", "content": _json("ModelList")},
+                          **(_errors(401, 503) if settings.api_key else _errors(503))}}},
+        "/health": {"get": {"summary": "Process alive", "operationId": "health",
+                            "responses": {"200": {"description": "Alive", "content": _json("Health")}}}},
+        "/ready": {"get": {"summary": "Model loaded", "operationId": "ready",
+                           "responses": {"200": {"description": "Ready", "content": _json("Ready")},
+                                         "503": {"description": "Loading or failed", "content": _json("Ready")}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
+                             "responses": {"200": {"description": "Prometheus text format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+    return {"openapi": "3.1.0",
+            "info": {"title": "musicprod server", "version": "0.1.0",
+                     "description": "Serves the champion (base model + LoRA adapter) of a musicprod experiment."},
+            "paths": paths, "components": components}

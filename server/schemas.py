@@ -1,0 +1,165 @@
+"""Request and response schemas (pydantic): validation for every endpoint and the source of /openapi.json.
+
+Strict mode: JSON types are not coerced ("5" is not an int, true is not a number), so wrong types are 400s.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+StopField = str | list[str] | None
+_STOP = Field(None, description="Up to 4 strings; generation stops before the first one (not included).")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+    name: str | None = None
+
+
+def _check_stop(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4 or any(not s for s in stops):
+        raise ValueError("stop: at most 4 non-empty strings")
+    return stops
+
+
+class GenerateRequest(BaseModel):
+    """`POST /generate`: exactly one of `prompt` (raw text, no chat template) or `messages` (chat template)."""
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+    prompt: str | None = Field(None, min_length=1, max_length=200_000, description="Raw prompt text.")
+    messages: list[Message] | None = Field(None, min_length=1, description="Chat messages (chat template applied).")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies).")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: StopField = _STOP
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    ignore_eos: bool = Field(False, description="Generate exactly max_new_tokens (benchmarks).")
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        _check_stop(self.stop)
+        return self
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int | None = None
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    model: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    latency_ms: float
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI `POST /v1/chat/completions`. Unknown fields are ignored like OpenAI-compatible servers do."""
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: Literal[1] = Field(1, description="Only 1 choice is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopField = _STOP
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _checks(self):
+        _check_stop(self.stop)
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs: true")
+        return self
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    model: str | None = None
+    error: str | None = None
+    load_info: dict | None = None
+
+
+def parse_error_param(err: dict) -> str | None:
+    loc = [str(x) for x in err.get("loc", ())]
+    return ".".join(loc) or None
