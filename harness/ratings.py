@@ -73,7 +73,7 @@ RUBRIC = {
             "de": "Genau auf den Punkt: genau das Gefragte, nichts Überflüssiges."},
     },
     "helpfulness": {
-        "name": {"en": "Helpfulness", "de": "Hilfreich"},
+        "name": {"en": "Helpfulness", "de": "Nützlichkeit"},
         "question": {"en": "Could the asker act on it?", "de": "Kann die fragende Person damit etwas anfangen?"},
         1: {"en": "Useless: nothing the asker could act on.",
             "de": "Nutzlos: nichts, womit man arbeiten könnte."},

@@ -31,7 +31,7 @@ UI_TEXT = {
         "reference": "Reference answer", "comment": "Comment (optional)",
         "back": "Back", "skip": "Skip", "save_next": "Save and next",
         "a_better": "A is better", "b_better": "B is better", "tie": "Tie",
-        "saved": "Saved.", "saving": "Saving…", "already_rated": "You rated this before; saving replaces it.",
+        "saved": "Previous rating saved.", "saving": "Saving…", "already_rated": "You rated this before; saving replaces it.",
         "incomplete": "Score all three dimensions first (or skip with s).",
         "error": "Not saved: {error}. Your input is still here; try again.",
         "done_title": "All done. Thank you!", "done_text": "Every item in this mode has your rating. "
@@ -56,7 +56,7 @@ UI_TEXT = {
         "reference": "Referenzantwort", "comment": "Kommentar (optional)",
         "back": "Zurück", "skip": "Überspringen", "save_next": "Speichern und weiter",
         "a_better": "A ist besser", "b_better": "B ist besser", "tie": "Gleich gut",
-        "saved": "Gespeichert.", "saving": "Speichere…",
+        "saved": "Vorherige Bewertung gespeichert.", "saving": "Speichere…",
         "already_rated": "Schon bewertet; Speichern ersetzt die alte Bewertung.",
         "incomplete": "Bitte zuerst alle drei Skalen bewerten (oder mit s überspringen).",
         "error": "Nicht gespeichert: {error}. Ihre Eingaben sind noch da; bitte erneut versuchen.",

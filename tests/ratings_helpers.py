@@ -9,14 +9,24 @@ TARGETS = ("base", "hf-lora", "hf-qlora")
 
 def question(i: int) -> dict:
     return {"id": f"qa-{i:03d}", "lang": "de" if i % 3 == 0 else "en", "topic": "mixing", "difficulty": "beginner",
-            "question": f"Question {i}: how much makeup gain after {i + 2} dB of gain reduction?",
-            "reference": f"Reference {i}: add back about {i + 2} dB so the level matches before and after.",
+            "question": (f"Mein Kompressor nimmt {i + 2} dB vom Gesang weg. Wie viel Make-up-Gain brauche ich? (#{i})"
+                         if i % 3 == 0 else
+                         f"My compressor takes {i + 2} dB off the vocal. How much makeup gain should I add? (#{i})"),
+            "reference": f"About {i + 2} dB, so that the level matches with the compressor bypassed and engaged; "
+                         "match by ear with the bypass switch, not by the meters alone.",
             "key_facts": [{"fact": "match level", "any_of": ["match"]}]}
+
+
+STYLES = ("Add roughly {db} dB of makeup gain so the compressed signal is as loud as the dry one; compare by "
+          "bypassing the compressor and adjust until the level does not jump.",
+          "Use the makeup gain knob. {db} dB is a good start.",
+          "Turn the output up until it sounds louder, maybe {db} dB or more, louder usually sounds better.")
 
 
 def answer_text(target: str, i: int, version: int = 1) -> str:
     # Deliberately free of target names: the blind tests search responses for them.
-    return f"Answer v{version} number {i} from system {'XYZ'[TARGETS.index(target) % 3]}: use {i + version} dB."
+    text = STYLES[TARGETS.index(target) % len(STYLES)].format(db=i + 2)
+    return text if version == 1 else f"{text} (regenerated, v{version})"
 
 
 def write_generations(experiment_dir: Path, target: str, n: int, version: int = 1) -> Path:
