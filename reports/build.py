@@ -50,13 +50,13 @@ def gib(mib) -> str:
 
 
 def _digits(scale: float, unit: str) -> int:
-    return 1 if scale == 100 or unit == "(0–100)" else 3
+    return 1 if scale == 100 or unit == "(0–100)" else 2 if unit == "(1–5)" else 3
 
 
-def score(s: dict | None, scale: float = 1, unit: str = "", with_n: bool = True) -> dict:
-    """{'value': '41.2 %', 'ci': '95 % CI 38.0–44.5 %, n = 301'} for templates; dashes when missing."""
+def score(s: dict | None, scale: float = 1, unit: str = "") -> dict:
+    """{'value': '41.2 %', 'ci': '95 % CI 38.0–44.5 %', 'n': 'n = 301', 'full': ci + n} for templates."""
     if not s or s.get("mean") is None:
-        return {"value": "–", "ci": ""}
+        return {"value": "–", "ci": "", "n": "", "full": ""}
     d = _digits(scale, unit)
     u = f" {unit}" if unit == "%" else ""
     value = f"{s['mean'] * scale:.{d}f}{u}"
@@ -64,9 +64,8 @@ def score(s: dict | None, scale: float = 1, unit: str = "", with_n: bool = True)
         ci = "no CI (fewer than 2 items)"
     else:
         ci = f"95 % CI {s['ci_low'] * scale:.{d}f}–{s['ci_high'] * scale:.{d}f}{u}"
-    if with_n and s.get("n") is not None:
-        ci += f", n = {s['n']}"
-    return {"value": value, "ci": ci}
+    n = f"n = {s['n']}" if s.get("n") is not None else ""
+    return {"value": value, "ci": ci, "n": n, "full": ", ".join(x for x in (ci, n) if x)}
 
 
 def delta(p: dict, scale: float, unit: str) -> dict:
@@ -153,7 +152,8 @@ def system_rows(exp: Experiment) -> list[dict]:
 
 def quality_rows(exp: Experiment, champion: str) -> tuple[list[dict], list[dict]]:
     shown = [m for m in TABLE_METRICS if any(metric(exp, t, m[0], m[1]) for t in exp.eval_targets)]
-    header = [{"label": h, "unit": u if u != "%" else "(%)"} for _, _, h, _, u in shown]
+    header = [{"label": h, "unit": u if u != "%" else "(%)", "headline": task == "qa" and name == "key_fact_recall"
+               or task == "mc"} for task, name, h, _, u in shown]
     rows = []
     for t in exp.eval_targets:
         rows.append({"target": t, "champion": t == champion,
@@ -211,8 +211,11 @@ def human_section(exp: Experiment) -> dict | None:
     if not h:
         return None
     dims = ("correctness", "relevance", "helpfulness")
+    coverage = h.get("coverage") or {}
     return {
-        "coverage": h.get("coverage") or {},
+        "coverage": {k: v for k, v in coverage.items() if not isinstance(v, dict)},
+        "coverage_tables": {k: v for k, v in coverage.items() if isinstance(v, dict) and v
+                            and all(isinstance(x, dict) for x in v.values())},
         "alpha": [(d, "–" if a is None else f"{a:.2f}") for d, a in (h.get("alpha") or {}).items()],
         "targets": [{"target": t, "cells": [score(v.get(d), 1, "(1–5)") for d in dims]}
                     for t, v in (h.get("targets") or {}).items()],
@@ -270,9 +273,11 @@ def side_by_side(exp: Experiment, champion: str) -> dict | None:
             change = "no key-fact change" if g == 0 else f"key-fact recall {g * 100:+.0f} pp"
             return f"{what}: {change} vs {left}"
         picks = [(i, label(i, "largest gain")) for i in by_gain[:2]]
-        worst = by_gain[-1] if by_gain else None
-        if worst and worst not in dict(picks):
-            picks.append((worst, label(worst, "largest loss")))
+        rest = [i for i in by_gain if i not in dict(picks)]
+        if rest and gain(rest[-1]) < 0:
+            picks.append((rest[-1], label(rest[-1], "largest loss")))
+        elif rest:
+            picks.append((rest[len(rest) // 2], label(rest[len(rest) // 2], "a middle item (no item got worse)")))
         german = [i for i in common if gens_r[i].get("lang") == "de" and i not in dict(picks)]
         if german:
             picks.append((german[len(german) // 2], label(german[len(german) // 2], "a German item")))

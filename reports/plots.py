@@ -45,7 +45,8 @@ def _svg(fig) -> str:
 
 
 def _figure(fig_id: str, title: str, alt: str, fig) -> dict:
-    return {"id": fig_id, "title": title, "alt": alt, "src": _svg(fig)}
+    wide = fig.get_size_inches()[0] >= 9 and len(fig.axes) > 1  # multi-panel: scrolls rather than shrinks on phones
+    return {"id": fig_id, "title": title, "alt": alt, "src": _svg(fig), "wide": bool(wide)}
 
 
 def _trained(exp: Experiment) -> list[str]:
@@ -104,7 +105,7 @@ def _bars(exp: Experiment, fig_id: str, title: str, ylabel: str, values: dict[st
         ax.set(xlabel=ylabel, title=title)
         ax.margins(x=0.18)
         if len(series) > 1:
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
     alt = "; ".join(f"{s}: " + ", ".join(f"{name} {v:,.1f} {alt_unit}" for name, v in zip(series, values[s]) if v is not None)
                     for s in systems)
