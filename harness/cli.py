@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from harness import set_offline_env
-from harness.config import ConfigError, describe, load_config, to_dict
+from harness.config import ConfigError, describe, experiment_config, load_config, to_dict
 from harness.data import DatasetError
 from harness.models import ModelError
 
@@ -78,6 +78,32 @@ def cmd_data(ns) -> int:
     return run_check(ns.train, ns.benchmark_dir, semantic=not ns.no_semantic)
 
 
+def resolve_experiment(name_or_path: str, runs_dir: str = "runs") -> Path:
+    """An experiment is a folder: a path, or a name under runs/."""
+    path = Path(name_or_path)
+    if not path.is_dir() and (Path(runs_dir) / name_or_path).is_dir():
+        path = Path(runs_dir) / name_or_path
+    if not path.is_dir():
+        known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []
+        raise ConfigError(f"experiment {name_or_path!r}: no such folder (known under {runs_dir}/: {', '.join(known) or 'none'})")
+    return path
+
+
+def cmd_eval(ns) -> int:
+    from harness.evaluate import EvalError, format_summary, run_eval
+    experiment_dir = resolve_experiment(ns.experiment)
+    cfg = experiment_config(experiment_dir, ns.overrides)
+    try:
+        summary = run_eval(experiment_dir, cfg.eval, only=ns.only.split(",") if ns.only else None)
+    except EvalError as e:
+        print(f"musicprod eval: error: {e}", file=sys.stderr)
+        return 2
+    print("\n=== held-out evaluation (95 % bootstrap CIs) ===")
+    print(format_summary(summary))
+    print(f"results: {experiment_dir}/eval/  ({summary['wall_s']:.0f} s)")
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from harness import bench
     return bench.main(ns.what, ns.args)
@@ -86,6 +112,47 @@ def cmd_bench(ns) -> int:
 def cmd_serve(ns) -> int:
     from server.main import serve
     return serve(ns)
+
+
+def cmd_rate(ns) -> int:
+    from harness import ratings
+    experiment_dir = resolve_experiment(ns.experiment)
+    store = ratings.RatingStore.for_experiment(experiment_dir)
+    try:
+        ratings.sync_queue(experiment_dir, store)
+        if ns.import_csv:
+            print(json.dumps(ratings.import_csv(store, ns.import_csv)))
+        if ns.export:
+            n = ratings.export_csv(store, ns.export, kind="pairwise" if ns.pairwise else "single")
+            print(f"wrote {n} rows to {ns.export}")
+        if ns.template:
+            n = ratings.export_template(store, ns.template, ns.rater or "")
+            print(f"wrote a blind sheet of {n} answers for {ns.rater} to {ns.template}")
+        if ns.stats:
+            summary = ratings.summarize(experiment_dir)
+            print(json.dumps(summary, indent=2, ensure_ascii=False) if ns.json else ratings.format_summary(summary))
+    except ratings.RatingError as e:
+        print(f"musicprod rate: error: {e}", file=sys.stderr)
+        return 2
+    if not (ns.import_csv or ns.export or ns.template or ns.stats):
+        from server.rating import serve
+        serve(experiment_dir, ns.host, ns.port)
+    return 0
+
+
+def cmd_report(ns) -> int:
+    from reports import build_report, choose_champion
+    from reports.load import ReportError
+    experiment_dir = resolve_experiment(ns.experiment)
+    try:
+        champion = choose_champion(experiment_dir)
+        index = build_report(experiment_dir, ns.out)
+    except ReportError as e:
+        print(f"musicprod report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"champion: {champion['system']}  ({experiment_dir / 'champion.json'})")
+    print(f"report:   {index}  (+ summary.md, summary.json)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--benchmark-dir", default="benchmarks/musicprod/data")
     d.add_argument("--no-semantic", action="store_true", help="skip the MiniLM near-duplicate checks")
     d.set_defaults(func=cmd_data)
+    e = sub.add_parser("eval", help="evaluate the base model and every adapter of an experiment (lm-eval)")
+    e.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
+    e.add_argument("overrides", nargs="*", help="key=value, e.g. eval.limit=20 eval.batch_size=8")
+    e.add_argument("--only", default=None, help="comma-separated targets to (re)evaluate, e.g. base,hf-lora")
+    e.set_defaults(func=cmd_eval)
     b = sub.add_parser("bench", help="benchmarks that print figures: train | serve")
     b.add_argument("what", choices=["train", "serve"])
     b.add_argument("args", nargs=argparse.REMAINDER,
@@ -122,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     from server.main import add_arguments as add_serve_arguments
     add_serve_arguments(s)
     s.set_defaults(func=cmd_serve)
+    h = sub.add_parser("rate", help="human ratings: serve the blind rating UI, or --stats/--export/--import")
+    h.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
+    h.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    h.add_argument("--port", type=int, default=8765)
+    h.add_argument("--stats", action="store_true", help="print means with 95%% CIs, alpha, coverage; then exit")
+    h.add_argument("--json", action="store_true", help="with --stats: the summarize() dict as JSON")
+    h.add_argument("--export", metavar="CSV", help="write all ratings to CSV (with --pairwise: the A/B judgements)")
+    h.add_argument("--pairwise", action="store_true")
+    h.add_argument("--import", dest="import_csv", metavar="CSV", help="import ratings from a CSV (spreadsheet)")
+    h.add_argument("--template", metavar="CSV", help="write a blind sheet for --rater to fill in a spreadsheet")
+    h.add_argument("--rater", help="with --template: the rater's name")
+    h.set_defaults(func=cmd_rate)
+    rp = sub.add_parser("report", help="HTML report (index.html, summary.md, summary.json) and champion.json")
+    rp.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
+    rp.add_argument("--out", default="reports/out", help="reports root; writes OUT/<experiment>/ (default: reports/out)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

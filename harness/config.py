@@ -70,6 +70,18 @@ class TrainSettings:
     group_by_length: bool = _field(True, "Batch similar lengths together to cut padding.")
 
 
+@dataclass
+class EvalSettings:
+    batch_size: int = _field(16, "Held-out items generated (left-padded) or scored together.")
+    max_gen_toks: int = _field(256, "Longest generated answer in tokens (greedy decoding for every system).")
+    limit: int = _field(0, "Evaluate only the first N items of each task (0 = all). Quick checks only: no headline figures.")
+    dtype: str = _field("bfloat16", "Weights dtype during evaluation: bfloat16 or float32.")
+    merge_adapter: bool = _field(True, "Merge the LoRA adapter into the base weights before evaluating (faster; same outputs up to rounding).")
+    include_base: bool = _field(True, "Also evaluate the un-adapted base model, the reference for every paired comparison.")
+    tasks: list[str] = _field(["musicprod_qa", "musicprod_mc"], "lm-eval tasks (from benchmarks/) run for every target.")
+    bootstrap_resamples: int = _field(10000, "Bootstrap resamples for 95 % CIs and paired tests.")
+
+
 SYSTEM_NAMES = ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")
 
 
@@ -83,6 +95,7 @@ class ExperimentConfig:
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapter shape."})
     quant: QuantSettings = field(default_factory=QuantSettings, metadata={"help": "4-bit settings of the QLoRA systems."})
     train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Optimisation settings shared by every system."})
+    eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Held-out evaluation (lm-eval), the same for every system."})
 
     @property
     def experiment_dir(self) -> Path:
@@ -153,6 +166,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"quant.quant_type: must be nf4 or fp4, got {cfg.quant.quant_type!r}")
     if cfg.quant.compute_dtype not in ("bfloat16", "float32", "float16"):
         raise ConfigError(f"quant.compute_dtype: unknown dtype {cfg.quant.compute_dtype!r}")
+    if cfg.eval.dtype not in ("bfloat16", "float32"):
+        raise ConfigError(f"eval.dtype: must be bfloat16 or float32, got {cfg.eval.dtype!r}")
+    for key in ("batch_size", "max_gen_toks", "bootstrap_resamples"):
+        if getattr(cfg.eval, key) < 1:
+            raise ConfigError(f"eval.{key}: must be >= 1")
     for key in ("batch_size", "grad_accum", "max_length", "logging_steps"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1")
@@ -204,6 +222,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return validate(_build(ExperimentConfig, values, ""))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def experiment_config(experiment_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config an experiment was trained with (from its run records), with key=value overrides on top."""
+    import json
+    record = next(iter(sorted(Path(experiment_dir).glob("*/run.json"))), None)
+    values = json.loads(record.read_text()).get("config", {}) if record else {"name": Path(experiment_dir).name}
+    try:
+        return validate(_build(ExperimentConfig, _merge(values, parse_overrides(overrides or [])), ""))
+    except ConfigError as e:
+        raise ConfigError(f"{record or 'defaults'}: {e}") from None
 
 
 def to_dict(cfg) -> dict:

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness.data import DatasetError, check_record, check_unique_ids, load_training_set, read_json_list
+from harness.metrics import key_fact_recall
 
 TOPICS = ("ableton", "mixing", "mastering", "sound_design", "recording", "music_theory", "genre_workflows")
 DIFFICULTIES = ("beginner", "intermediate", "advanced")
@@ -29,11 +30,6 @@ def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
 def detect_lang(text: str) -> str:
     import py3langid
     return py3langid.classify(text)[0]
-
-
-def fact_hits(key_facts: list[dict], text: str) -> float:
-    hits = sum(any(re.search(p, text, re.IGNORECASE) for p in fact["any_of"]) for fact in key_facts)
-    return hits / len(key_facts)
 
 
 def load_qa(path: Path) -> list[dict]:
@@ -98,10 +94,10 @@ def check_heldout(qa_path, qa, mc_path, mc) -> list[str]:
         where = f"{qa_path}: record {i} (id={r['id']!r})"
         if r.get("topic") not in TOPICS:
             problems.append(f"{where}: field 'topic' = {r.get('topic')!r} not in {TOPICS}")
-        own = fact_hits(r["key_facts"], r["reference"])
+        own = key_fact_recall(r["key_facts"], r["reference"])
         if own < 0.9:
             problems.append(f"{where}: field 'key_facts': own reference matches only {own:.0%} of the facts (need >= 90 %)")
-        others = [fact_hits(r["key_facts"], o["reference"]) for k, o in enumerate(qa) if k != i]
+        others = [key_fact_recall(r["key_facts"], o["reference"]) for k, o in enumerate(qa) if k != i]
         if others and sum(others) / len(others) > 0.15:
             problems.append(f"{where}: field 'key_facts': other items' references match {sum(others) / len(others):.0%} on average (need <= 15 %)")
         got = detect_lang(r["question"] + " " + r["reference"])
