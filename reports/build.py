@@ -161,6 +161,20 @@ def quality_rows(exp: Experiment, champion: str) -> tuple[list[dict], list[dict]
     return header, rows
 
 
+def slice_tables(exp: Experiment) -> list[dict]:
+    """Per-topic and per-language means with their CIs (the numbers behind the heatmaps)."""
+    tables = []
+    for slice_name, slice_label in (("topic", "topic"), ("lang", "language")):
+        for task, name, label in (("qa", "key_fact_recall", "QA key-fact recall"), ("mc", "acc", "MC accuracy")):
+            by = {t: ((exp.eval_target(t) or {}).get(f"by_{slice_name}") or {}).get(task) or {} for t in exp.eval_targets}
+            groups = sorted({g for v in by.values() for g in v})
+            if groups:
+                tables.append({"title": f"{label} (%) by {slice_label}", "targets": exp.eval_targets,
+                               "rows": [(g, [score((by[t].get(g) or {}).get(name), 100, "%") for t in exp.eval_targets])
+                                        for g in groups]})
+    return tables
+
+
 def paired_rows(exp: Experiment) -> list[dict]:
     labels = {(task, name): (h, scale, unit) for task, name, h, scale, unit in TABLE_METRICS}
     order = list(labels)
@@ -349,6 +363,7 @@ def build_context(exp: Experiment) -> dict:
         "experiment": exp.name, "experiment_dir": str(exp.dir), "created_at": now_iso(),
         "overview": overview(exp), "systems": system_rows(exp), "figures": figures,
         "quality_header": q_header, "quality_rows": q_rows, "paired": paired_rows(exp), "fronts": fronts,
+        "slice_tables": slice_tables(exp),
         "judges": judge_sections(exp), "reliable_judge": judge[0] if judge else None,
         "human": human_section(exp), "side_by_side": side_by_side(exp, champ["system"]),
         "skipped": skipped_rows(exp), "gpu": gpu_rows(exp), "notes": exp.notes,

@@ -224,3 +224,11 @@ def test_cli_report_writes_champion_and_report(plain, tmp_path, capsys):
     assert (tmp_path / "out" / "plain" / "index.html").exists() and (plain / "champion.json").exists()
     assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_breakdown_tables_carry_cis(plain, tmp_path):
+    text = text_of(build_report(plain, tmp_path / "out").read_text(encoding="utf-8"))
+    summary = json.loads((plain / "eval" / "summary.json").read_text())
+    de = summary["targets"]["hf-lora"]["by_lang"]["qa"]["de"]["key_fact_recall"]
+    assert "QA key-fact recall (%) by language, with 95 % CIs" in text
+    assert f"{de['mean'] * 100:.1f} % 95 % CI {de['ci_low'] * 100:.1f}–{de['ci_high'] * 100:.1f} %, n = {de['n']}" in text
