@@ -203,7 +203,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
     @app.get("/openapi.json")
     def openapi():
         from server.openapi import build_spec
-        return jsonify(build_spec(settings))
+        return jsonify(build_spec(settings, engine.model_id if engine.loaded else None))
 
     @app.post("/generate")
     def generate():
@@ -212,7 +212,8 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         messages = [m.model_dump(exclude_none=True) for m in body.messages] if body.messages else None
         sampling = dict(temperature=body.temperature, top_p=body.top_p, stop=_stops(body.stop), seed=body.seed,
                         ignore_eos=body.ignore_eos)
-        req = _submit(body.prompt, messages, body.max_new_tokens, sampling, "max_new_tokens")
+        max_new = body.max_new_tokens if "max_new_tokens" in body.model_fields_set else settings.default_max_new_tokens
+        req = _submit(body.prompt, messages, max_new, sampling, "max_new_tokens")
         text, _, finish = _collect(req)
         return jsonify({"text": text, "model": engine.model_id, "finish_reason": finish,
                         "usage": {"prompt_tokens": len(req.prompt_ids), "completion_tokens": req.completion_tokens,

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 log = logging.getLogger("musicprod.server")
 
 
+MIN_TEMPERATURE = 1e-4
+
+
 class QueueFull(Exception):
     """The bounded request queue is full (-> 429)."""
 
@@ -253,7 +256,7 @@ class Engine:
         """Pick the next token of one row (greedy or temperature + top-p with the row's own generator)."""
         import torch
         p = row.p
-        if p.temperature == 0:
+        if p.temperature < MIN_TEMPERATURE:  # 0, or so small that logits / T overflows: greedy
             token = int(torch.argmax(logits))
         else:
             probs = torch.softmax(logits / p.temperature, dim=-1)

@@ -19,13 +19,34 @@ def _errors(*codes: int) -> dict:
     return {str(c): {"description": text[c], "content": _json("ErrorResponse")} for c in codes}
 
 
-def build_spec(settings) -> dict:
+def _set_limits(defs: dict, settings, model_id: str | None) -> None:
+    """This server's own limits in the document: the token cap and the one model it serves."""
+    def limit(prop: dict) -> None:
+        for option in prop.get("anyOf", [prop]):
+            if option.get("type") == "integer":
+                option["maximum"] = settings.max_new_tokens_cap
+                option["minimum"] = 1
+    gen = defs["GenerateRequest"]["properties"]
+    limit(gen["max_new_tokens"])
+    gen["max_new_tokens"]["default"] = settings.default_max_new_tokens
+    for key in ("prompt", "messages"):  # give one of them, not null (oneOf on the object says which)
+        gen[key].pop("default", None)
+        gen[key]["anyOf"] = [o for o in gen[key]["anyOf"] if o.get("type") != "null"]
+    chat = defs["ChatCompletionRequest"]["properties"]
+    limit(chat["max_tokens"])
+    limit(chat["max_completion_tokens"])
+    if model_id:
+        chat["model"]["enum"] = [model_id]
+
+
+def build_spec(settings, model_id: str | None = None) -> dict:
     models = [(schemas.GenerateRequest, "validation"), (schemas.GenerateResponse, "serialization"),
               (schemas.ChatCompletionRequest, "validation"), (schemas.ChatCompletion, "serialization"),
               (schemas.ModelList, "serialization"), (schemas.ErrorResponse, "serialization"),
               (schemas.Health, "serialization"), (schemas.Ready, "serialization")]
     _, top = models_json_schema(models, ref_template=REF)
     components = {"schemas": top["$defs"]}
+    _set_limits(components["schemas"], settings, model_id)
     security = []
     if settings.api_key:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}

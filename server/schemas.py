@@ -4,11 +4,18 @@ Strict mode: JSON types are not coerced ("5" is not an int, true is not a number
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-StopField = str | list[str] | None
+def _integral_float(value):
+    """JSON Schema calls 3.0 an integer; strict pydantic does not. Accept integral floats, nothing else."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
+
+
+Int = Annotated[int, BeforeValidator(_integral_float)]
+_StopStr = Annotated[str, Field(min_length=1)]
+StopField = _StopStr | Annotated[list[_StopStr], Field(max_length=4)] | None
 _STOP = Field(None, description="Up to 4 strings; generation stops before the first one (not included).")
 
 
@@ -32,11 +39,11 @@ class GenerateRequest(BaseModel):
         "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
     prompt: str | None = Field(None, min_length=1, max_length=200_000, description="Raw prompt text.")
     messages: list[Message] | None = Field(None, min_length=1, description="Chat messages (chat template applied).")
-    max_new_tokens: int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies).")
+    max_new_tokens: Int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies).")
     temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1)
     stop: StopField = _STOP
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: Int | None = Field(None, ge=0, le=2**63 - 1)
     ignore_eos: bool = Field(False, description="Generate exactly max_new_tokens (benchmarks).")
 
     @model_validator(mode="after")
@@ -71,17 +78,17 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     model: str = Field(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: Literal[1] = Field(1, description="Only 1 choice is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopField = _STOP
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: Int | None = Field(None, ge=0, le=2**63 - 1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
 
     @model_validator(mode="after")
     def _checks(self):
