@@ -55,10 +55,24 @@ def run_experiment(cfg: ExperimentConfig, config_path: str | None, overrides: li
         print(f"\n=== training {system} ({cfg.systems.index(system) + 1}/{len(cfg.systems)}) ===", flush=True)
         records[system] = train_system(cfg, config_path, overrides, system, model)
         stages[f"train_{system}_s"] = round(time.perf_counter() - t, 2)
-    stages["total_s"] = round(time.perf_counter() - t0, 2)
     summary = {"experiment": cfg.name, "stages": stages, "model": model.path,
                "systems": {s: {k: r.get(k) for k in ("status", "reason", "train_tokens_per_s", "validation_loss",
                                                       "final_train_loss", "adapter_path")}
                            for s, r in records.items()}}
-    write_json_atomic(cfg.experiment_dir / "experiment.json", summary)
+    path = cfg.experiment_dir / "experiment.json"
+    write_json_atomic(path, summary)  # written after every stage: earlier results survive a later failure
+    from harness.evaluate import run_eval
+    from reports import build_report, choose_champion
+    t = time.perf_counter()
+    print("\n=== evaluating on the held-out benchmark ===", flush=True)
+    run_eval(cfg.experiment_dir, cfg.eval)
+    stages["eval_s"] = round(time.perf_counter() - t, 2)
+    stages["total_s"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(path, summary)
+    t = time.perf_counter()
+    summary["champion"] = choose_champion(cfg.experiment_dir)["system"]
+    summary["report"] = str(build_report(cfg.experiment_dir))
+    stages["report_s"] = round(time.perf_counter() - t, 2)
+    stages["total_s"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(path, summary)
     return summary

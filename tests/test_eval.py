@@ -1,0 +1,164 @@
+"""Evaluation: per-item metrics on hand-made answers, the bootstrap code on known distributions, and the
+lm-eval tasks end to end on a tiny random model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.config import EvalSettings
+from harness.metrics import UnicodeWordTokenizer, bleu, chrf, key_fact_recall, qa_scores, rouge_l, semscore
+from harness.stats import mean_ci, paired_delta
+
+REPO = Path(__file__).resolve().parent.parent
+
+EN = {"lang": "en", "reference": "A compressor with a 4:1 ratio turns every 4 dB above the threshold into 1 dB. "
+      "Use a slow attack to keep the transients of the drums.",
+      "key_facts": [{"fact": "ratio", "any_of": ["4:1", "four to one"]},
+                    {"fact": "attack", "any_of": [r"slow(er)? attack", r"attack.{0,20}slow"]}]}
+EN_PARAPHRASE = ("With four to one, each 4 dB over the threshold comes out as just 1 dB; set the attack slower "
+                 "so the drum transients get through.")
+EN_WRONG = "Reverb adds a sense of space; try a plate on the vocal and pre-delay of 30 ms."
+DE = {"lang": "de", "reference": "Ein Hochpassfilter entfernt tiefe Frequenzen unterhalb der Grenzfrequenz, "
+      "zum Beispiel Trittschall unter 80 Hz bei Gesangsaufnahmen.",
+      "key_facts": [{"fact": "Hochpass", "any_of": ["hochpass", "high-pass", "low-cut"]},
+                    {"fact": "tiefe Frequenzen", "any_of": ["tiefe", "bass", "tieffrequen"]}]}
+DE_PARAPHRASE = "Der Hochpass schneidet tiefe Frequenzen unter der Grenzfrequenz weg, etwa Rumpeln unter 80 Hz beim Gesang."
+DE_WRONG = "Ein Kompressor verringert die Dynamik eines Signals oberhalb des Schwellwerts."
+
+
+@pytest.mark.parametrize("item,paraphrase,wrong", [(EN, EN_PARAPHRASE, EN_WRONG), (DE, DE_PARAPHRASE, DE_WRONG)],
+                         ids=["en", "de"])
+def test_metrics_rank_correct_over_paraphrase_over_wrong(item, paraphrase, wrong):
+    correct = qa_scores(item["reference"], item)
+    para = qa_scores(paraphrase, item)
+    bad = qa_scores(wrong, item)
+    assert correct["rougeL"] == pytest.approx(1.0) and correct["bleu"] == pytest.approx(100.0)
+    assert correct["chrf"] == pytest.approx(100.0) and correct["semscore"] == pytest.approx(1.0, abs=1e-4)
+    for metric in ("rougeL", "bleu", "chrf", "semscore"):
+        assert correct[metric] > para[metric] > bad[metric], metric
+    assert correct["key_fact_recall"] == para["key_fact_recall"] == 1.0
+    assert bad["key_fact_recall"] == 0.0
+    assert para["semscore"] > 0.6 > bad["semscore"]
+
+
+def test_rouge_keeps_german_words_whole():
+    # rouge_score's default tokenizer would split "Grenzfrequenz für" into ascii fragments ("f", "r").
+    assert UnicodeWordTokenizer().tokenize("Für die Grenzfrequenz") == ["für", "die", "grenzfrequenz"]
+    assert rouge_l("für über", "fur uber", lang="de") == 0.0
+    assert rouge_l("Für die Höhen", "für die höhen", lang="de") == pytest.approx(1.0)
+
+
+def test_key_fact_recall_counts_each_fact_once():
+    facts = [{"fact": "a", "any_of": ["sidechain", "side-chain"]}, {"fact": "b", "any_of": ["kick"]},
+             {"fact": "c", "any_of": ["bass"]}]
+    assert key_fact_recall(facts, "Side-chain the BASS; sidechain it hard.") == pytest.approx(2 / 3)
+
+
+def test_sentence_metrics_match_sacrebleu_scale():
+    assert 0 < bleu("the kick is loud", "the kick drum is loud") < 100
+    assert 0 < chrf("Kompressor", "Kompressoren") < 100
+    assert semscore("", "anything") == 0.0
+
+
+def test_bootstrap_ci_covers_true_mean_at_nominal_rate():
+    rng = np.random.default_rng(7)
+    p, n, reps = 0.3, 300, 120
+    hits, widths = 0, []
+    for i in range(reps):
+        r = mean_ci(rng.binomial(1, p, n).astype(float), resamples=2000, seed=i)
+        hits += r["ci_low"] <= p <= r["ci_high"]
+        widths.append(r["ci_high"] - r["ci_low"])
+    assert 0.88 <= hits / reps <= 0.99
+    expected = 2 * 1.96 * np.sqrt(p * (1 - p) / n)
+    assert np.mean(widths) == pytest.approx(expected, rel=0.1)
+
+
+def test_paired_delta_detects_shift_and_agrees_with_its_ci():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, 300)
+    better = np.clip(base + 0.08 + rng.normal(0, 0.1, 300), 0, 1)
+    d = paired_delta(better, base, resamples=4000)
+    assert d["ci_low"] > 0 and d["p_value"] < 0.01 and d["delta"] == pytest.approx(np.mean(better - base))
+    for i in range(20):
+        a, b = rng.uniform(0, 1, 80), rng.uniform(0, 1, 80)
+        r = paired_delta(a, b, resamples=2000, seed=i)
+        excludes_zero = r["ci_low"] > 0 or r["ci_high"] < 0
+        assert excludes_zero == (r["p_value"] < 0.05) or abs(r["p_value"] - 0.05) < 0.01
+
+
+def test_paired_delta_refuses_unpaired_lengths():
+    with pytest.raises(ValueError, match="same items"):
+        paired_delta([1.0, 2.0], [1.0])
+
+
+def test_constant_scores_give_degenerate_ci():
+    assert mean_ci([0.0] * 10)["ci_low"] == 0.0
+    assert mean_ci([1.0])["ci_low"] is None
+
+
+# ---------- lm-eval end to end on a tiny random model ----------
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory, tiny_model_dir):
+    """An experiment folder with one trained (random) adapter and one skipped system."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    exp = tmp_path_factory.mktemp("exp") / "tiny"
+    adapter = exp / "hf-lora" / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(adapter)
+    base = {"name": "tiny", "path": str(tiny_model_dir)}
+    (exp / "hf-lora" / "run.json").write_text(json.dumps(
+        {"system": "hf-lora", "status": "ok", "adapter_path": str(adapter), "base_model": base}))
+    (exp / "unsloth-lora").mkdir()
+    (exp / "unsloth-lora" / "run.json").write_text(json.dumps(
+        {"system": "unsloth-lora", "status": "skipped", "reason": "needs CUDA", "base_model": base}))
+    return exp
+
+
+def test_eval_writes_items_summary_and_paired_tests(tiny_experiment):
+    from harness.evaluate import run_eval
+    settings = EvalSettings(batch_size=3, max_gen_toks=8, limit=3, dtype="float32", bootstrap_resamples=500)
+    summary = run_eval(tiny_experiment, settings)
+    assert set(summary["targets"]) == {"base", "hf-lora"}
+    assert summary["n_items"] == {"qa": 3, "mc": 3} and summary["limit"] == 3
+    assert "needs CUDA" in summary["skipped"]["unsloth-lora"]
+    qa = summary["targets"]["hf-lora"]["metrics"]["qa"]
+    assert 0 <= qa["rougeL"]["mean"] <= 1 and qa["rougeL"]["n"] == 3
+    assert set(summary["targets"]["base"]["by_lang"]["qa"]) <= {"en", "de"}
+    pairs = {(p["a"], p["b"], p["task"], p["metric"]) for p in summary["paired"]}
+    assert ("hf-lora", "base", "qa", "key_fact_recall") in pairs and ("hf-lora", "base", "mc", "acc") in pairs
+
+    rows = [json.loads(line) for line in (tiny_experiment / "eval" / "hf-lora" / "generations.jsonl").open()]
+    assert len(rows) == 3 and all(set(r["metrics"]) == {"rougeL", "bleu", "chrf", "key_fact_recall", "semscore"} for r in rows)
+    qa_items = json.loads((REPO / "benchmarks/musicprod/data/qa.json").read_text())[:3]
+    assert [r["id"] for r in rows] == [q["id"] for q in qa_items]
+    # Recompute one item's metrics from its saved answer: the file holds what was scored.
+    assert qa_scores(rows[0]["answer"], qa_items[0])["chrf"] == pytest.approx(rows[0]["metrics"]["chrf"])
+    results = json.loads((tiny_experiment / "eval" / "hf-lora" / "results.json").read_text())
+    assert "musicprod_qa" in results["results"] and "acc,none" in results["results"]["musicprod_mc"]
+    assert results["musicprod"]["merged"] is True
+
+
+def test_lm_eval_cli_finds_tasks_from_any_directory(tmp_path, tiny_model_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DEEPEVAL_TELEMETRY_OPT_OUT": "1"}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf",
+         "--model_args", f"pretrained={tiny_model_dir},dtype=float32", "--device", "cpu",
+         "--tasks", "musicprod", "--include_path", str(REPO / "benchmarks"), "--apply_chat_template",
+         "--limit", "2", "--gen_kwargs", "max_gen_toks=4", "--output_path", str(out), "--log_samples"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert {"musicprod_qa", "musicprod_mc"} <= set(results)
+    assert 0.0 <= results["musicprod_mc"]["acc,none"] <= 1.0
+    assert "key_fact_recall,none" in results["musicprod_qa"]
