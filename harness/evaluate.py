@@ -18,7 +18,8 @@ from harness.metrics import QA_METRICS
 from harness.records import now_iso
 from harness.stats import mean_ci, paired_delta
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 TASK_KIND = {"musicprod_qa": "qa", "musicprod_mc": "mc"}
 KIND_METRICS = {"qa": QA_METRICS, "mc": ("acc", "acc_norm")}
 SLICES = ("lang", "topic")
@@ -192,6 +193,13 @@ def summarize(experiment_dir: Path, targets: dict[str, dict], settings: EvalSett
 
 # ---------- the experiment ----------
 
+def _existing(path: str | None) -> str | None:
+    """Run records store adapter paths relative to the repo root: resolve them from any working directory."""
+    if path and not Path(path).exists() and (REPO_ROOT / path).exists():
+        return str(REPO_ROOT / path)
+    return path
+
+
 def experiment_targets(experiment_dir: Path, include_base: bool) -> tuple[str, dict[str, str | None], dict[str, str]]:
     """(base model path, {target: adapter path or None}, {system: reason skipped}) from the run records."""
     records = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(experiment_dir).glob("*/run.json"))}
@@ -201,7 +209,7 @@ def experiment_targets(experiment_dir: Path, include_base: bool) -> tuple[str, d
     skipped, base_path = {}, None
     for system, r in records.items():
         base_path = base_path or (r.get("base_model") or {}).get("path")
-        adapter = r.get("adapter_path")
+        adapter = _existing(r.get("adapter_path"))
         if r.get("status") != "ok":
             skipped[system] = f"{r.get('status')}: {r.get('reason')}"
         elif not adapter or not (Path(adapter) / "adapter_config.json").exists():
