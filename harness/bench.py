@@ -34,4 +34,7 @@ def bench_train(args: list[str]) -> int:
 def main(what: str, args: list[str]) -> int:
     if what == "train":
         return bench_train(args)
+    if what == "serve":
+        from server.bench import main as bench_serve
+        return bench_serve(args)
     raise SystemExit(f"unknown benchmark {what!r}")

@@ -135,7 +135,7 @@ class LoadedModel:
     load_info: dict
 
 
-def _tokens_per_s(model, tokenizer, n_tokens: int = 24, repeats: int = 2) -> float:
+def _tokens_per_s(model, tokenizer, n_tokens: int = 16, repeats: int = 2) -> float:
     """Greedy generation speed for one short prompt: the better of `repeats` runs (the machine is shared)."""
     import torch
     ids = tokenizer("Explain sidechain compression in one paragraph.", return_tensors="pt")

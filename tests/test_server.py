@@ -245,3 +245,26 @@ def test_full_queue_429_and_timeout_504(strict_server):
     # either no first token in time (a real 504) or a stream that ends with an in-band timeout error
     assert r.status_code == 504 or (events[-1] == "[DONE]" and "timeout" in events[-2])
     assert post(strict_server, "/generate", {"prompt": "x", "max_new_tokens": 1}, headers=auth).status_code == 200
+
+
+@pytest.mark.integration
+def test_real_135m_champion_over_http(tmp_path, model_cache):
+    """The real SmolLM2-135M-Instruct behind a LoRA adapter: chat template, eos <|im_end|>, merge measured."""
+    from pathlib import Path
+    from openai import OpenAI
+    base = Path(model_cache) / "smollm2-135m-instruct"
+    make_experiment(tmp_path, base, name="real")
+    args = ["--runs-dir", str(tmp_path / "runs"), "--experiment", "real", "--max-new-tokens-cap", "256",
+            "--merge", "yes", "--torch-threads", "1"]  # the auto merge timing is covered on the tiny model
+    with ServerProcess(args, ready_timeout_s=600, log_path=tmp_path / "server.log") as srv:
+        assert srv.load_info["merge"] == "merged" and srv.load_info["context_length"] == 8192
+        client = OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+        out = client.chat.completions.create(model="real/hf-lora", temperature=0, max_tokens=48,
+                                             messages=[{"role": "user", "content": "What does an audio compressor do?"}])
+        text = out.choices[0].message.content
+        assert len(text.split()) >= 5 and "<|im_" not in text
+        r = post(srv, "/generate", {"messages": [{"role": "user", "content": "Say hi."}], "max_new_tokens": 200,
+                                    "temperature": 0})
+        # an instruct model ends its turn with <|im_end|> long before 200 tokens on this prompt
+        assert r.status_code == 200 and r.json()["finish_reason"] == "stop"
+        assert r.json()["usage"]["completion_tokens"] < 200
