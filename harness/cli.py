@@ -127,6 +127,28 @@ def cmd_judge(ns) -> int:
     return 0
 
 
+def cmd_judge(ns) -> int:
+    from harness.judge import JudgeError, format_summary, run_judge
+    from harness.judge_config import describe_judge, load_judge_settings
+    if ns.keys:
+        for key, default, help_text in describe_judge():
+            print(f"{key:18s} {default:28s} {help_text}")
+        return 0
+    args = list(ns.args)
+    config_path = args.pop(0) if args and "=" not in args[0] else None
+    settings = load_judge_settings(config_path, args)
+    experiment_dir = resolve_experiment(ns.experiment)
+    try:
+        summary = run_judge(experiment_dir, settings)
+    except JudgeError as e:
+        print(f"musicprod judge: error: {e}", file=sys.stderr)
+        return 2
+    print("\n=== LLM judge (G-Eval, 1-5; 95 % bootstrap CIs) ===")
+    print(format_summary(summary))
+    print(f"results: {experiment_dir}/judge/{summary['judge']}/  ({summary['wall_s']:.0f} s)")
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from harness import bench
     return bench.main(ns.what, ns.args)
@@ -208,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="key=value, e.g. eval.limit=20 eval.batch_size=8")
     e.add_argument("--only", default=None, help="comma-separated targets to (re)evaluate, e.g. base,hf-lora")
     e.set_defaults(func=cmd_eval)
+    j = sub.add_parser("judge", help="LLM judge: G-Eval rubric scores, pairwise, reliability of saved generations")
+    j.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
+    j.add_argument("args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20")
+    j.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
+    j.set_defaults(func=cmd_judge)
     j = sub.add_parser("judge", help="LLM judge: G-Eval rubric scores, pairwise, reliability of saved generations")
     j.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
     j.add_argument("args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20")
