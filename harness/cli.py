@@ -38,11 +38,18 @@ def cmd_run(ns) -> int:
     return 0 if all(s["status"] in ("ok", "skipped") for s in summary["systems"].values()) else 1
 
 
+def distributed_overrides(ns) -> list[str]:
+    """`--launcher/--num-processes/--accelerate-config` are the distributed.* keys (the same as in a YAML)."""
+    flags = {"launcher": ns.launcher, "num_processes": ns.num_processes, "accelerate_config": ns.accelerate_config}
+    return [f"distributed.{key}={value}" for key, value in flags.items() if value is not None]
+
+
 def cmd_train(ns) -> int:
     from harness.data import load_training_set
     from harness.models import prepare
     from harness.pipeline import train_system
     config_path, overrides = _split_config_args(ns.args)
+    overrides += distributed_overrides(ns)
     cfg = load_config(config_path, overrides)
     load_training_set(cfg.data.train_path)
     model = prepare(cfg.model.name, cfg.model.cache_dir)
@@ -102,28 +109,6 @@ def cmd_eval(ns) -> int:
     print("\n=== held-out evaluation (95 % bootstrap CIs) ===")
     print(format_summary(summary))
     print(f"results: {experiment_dir}/eval/  ({summary['wall_s']:.0f} s)")
-    return 0
-
-
-def cmd_judge(ns) -> int:
-    from harness.judge import JudgeError, format_summary, run_judge
-    from harness.judge_config import describe_judge, load_judge_settings
-    if ns.keys:
-        for key, default, help_text in describe_judge():
-            print(f"{key:18s} {default:28s} {help_text}")
-        return 0
-    args = list(ns.args)
-    config_path = args.pop(0) if args and "=" not in args[0] else None
-    settings = load_judge_settings(config_path, args)
-    experiment_dir = resolve_experiment(ns.experiment)
-    try:
-        summary = run_judge(experiment_dir, settings)
-    except JudgeError as e:
-        print(f"musicprod judge: error: {e}", file=sys.stderr)
-        return 2
-    print("\n=== LLM judge (G-Eval, 1-5; 95 % bootstrap CIs) ===")
-    print(format_summary(summary))
-    print(f"results: {experiment_dir}/judge/{summary['judge']}/  ({summary['wall_s']:.0f} s)")
     return 0
 
 
@@ -209,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one system in its own process")
     t.add_argument("system")
     t.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    t.add_argument("--launcher", choices=["python", "accelerate"], help="= distributed.launcher (default python)")
+    t.add_argument("--num-processes", type=int, metavar="N", help="= distributed.num_processes: DDP/FSDP ranks")
+    t.add_argument("--accelerate-config", metavar="YAML",
+                   help="= distributed.accelerate_config (default auto; configs/accelerate/fsdp.yaml for FSDP)")
     t.set_defaults(func=cmd_train)
     m = sub.add_parser("model", help="base models: list | prepare NAME")
     m.add_argument("action", choices=["list", "prepare"])
@@ -235,13 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20")
     j.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
     j.set_defaults(func=cmd_judge)
-    j = sub.add_parser("judge", help="LLM judge: G-Eval rubric scores, pairwise, reliability of saved generations")
-    j.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
-    j.add_argument("args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20")
-    j.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
-    j.set_defaults(func=cmd_judge)
     b = sub.add_parser("bench", help="benchmarks that print figures: train | serve")
-    b.add_argument("what", choices=["train", "serve"])
+    b.add_argument("what", choices=["train", "eval", "serve"])
     b.add_argument("args", nargs=argparse.REMAINDER,
                    help="train: [CONFIG.yaml] [key=value ...]; serve: see `musicprod bench serve --help`")
     b.set_defaults(func=cmd_bench)
