@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.musicprod-installed
 
-.PHONY: run test install bench-train clean
+.PHONY: run test install system-deps bench-train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/musicprod run
 
-test: $(STAMP)
+# Debian's Chromium (+ driver) for the report screenshot and rating-UI browser tests; those tests skip without it.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium/chromedriver missing and not root: browser tests will be skipped"; fi; fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests
 
 bench-train: $(STAMP)
