@@ -11,12 +11,11 @@ TRAIN_BENCH_DEFAULTS = ["name=bench-train", "systems=[hf-lora,hf-qlora]", "train
 
 def bench_train(args: list[str]) -> int:
     from harness.cli import _split_config_args
-    from harness.models import prepare
-    from harness.pipeline import train_system
+    from harness.pipeline import check_and_prepare, train_system
     config_path, overrides = _split_config_args(args)
     overrides = TRAIN_BENCH_DEFAULTS + overrides
     cfg = load_config(config_path, overrides)
-    model = prepare(cfg.model.name, cfg.model.cache_dir)
+    model = check_and_prepare(cfg)
     rows = []
     for system in cfg.systems:
         r = train_system(cfg, config_path, overrides, system, model)

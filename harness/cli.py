@@ -45,14 +45,11 @@ def distributed_overrides(ns) -> list[str]:
 
 
 def cmd_train(ns) -> int:
-    from harness.data import load_training_set
-    from harness.models import prepare
-    from harness.pipeline import train_system
+    from harness.pipeline import check_and_prepare, train_system
     config_path, overrides = _split_config_args(ns.args)
     overrides += distributed_overrides(ns)
     cfg = load_config(config_path, overrides)
-    load_training_set(cfg.data.train_path)
-    model = prepare(cfg.model.name, cfg.model.cache_dir)
+    model = check_and_prepare(cfg)
     record = train_system(cfg, config_path, overrides, ns.system, model)
     print(json.dumps({k: record.get(k) for k in ("system", "status", "reason", "train_tokens_per_s", "validation_loss")}))
     return 0 if record["status"] in ("ok", "skipped") else 1

@@ -43,11 +43,16 @@ def train_system(cfg: ExperimentConfig, config_path: str | None, overrides: list
     return record
 
 
+def check_and_prepare(cfg: ExperimentConfig):
+    """Fail fast on bad training data (before anything is written), then the prepared base model."""
+    load_training_set(cfg.data.train_path)
+    return prepare(cfg.model.name, cfg.model.cache_dir)
+
+
 def run_experiment(cfg: ExperimentConfig, config_path: str | None, overrides: list[str]) -> dict:
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
-    load_training_set(cfg.data.train_path)  # fail fast on bad data, before anything is written
-    model = prepare(cfg.model.name, cfg.model.cache_dir)
+    model = check_and_prepare(cfg)
     stages["prepare_s"] = round(time.perf_counter() - t0, 2)
     records = {}
     for system in cfg.systems:
