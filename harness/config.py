@@ -72,7 +72,7 @@ class TrainSettings:
 
 @dataclass
 class EvalSettings:
-    batch_size: int = _field(16, "Held-out items generated (left-padded) or scored together.")
+    batch_size: int = _field(32, "Held-out items generated (left-padded) or scored together.")
     max_gen_toks: int = _field(256, "Longest generated answer in tokens (greedy decoding for every system).")
     limit: int = _field(0, "Evaluate only the first N items of each task (0 = all). Quick checks only: no headline figures.")
     dtype: str = _field("bfloat16", "Weights dtype during evaluation: bfloat16 or float32.")
@@ -80,6 +80,18 @@ class EvalSettings:
     include_base: bool = _field(True, "Also evaluate the un-adapted base model, the reference for every paired comparison.")
     tasks: list[str] = _field(["musicprod_qa", "musicprod_mc"], "lm-eval tasks (from benchmarks/) run for every target.")
     bootstrap_resamples: int = _field(10000, "Bootstrap resamples for 95 % CIs and paired tests.")
+
+
+@dataclass
+class DistributedSettings:
+    launcher: str = _field("python", "How each system's training process starts: python (one process, one device) or "
+                           "accelerate (`accelerate launch`: num_processes data-parallel ranks, DDP or FSDP).")
+    num_processes: int = _field(1, "Ranks per system under the accelerate launcher (one per GPU; CPU processes on the "
+                                "gloo backend without CUDA). Global batch = num_processes x train.batch_size x "
+                                "train.grad_accum. Unsloth systems are skipped when > 1 (its open-source build is single-GPU).")
+    accelerate_config: str = _field("auto", "accelerate config file: auto = configs/accelerate/ddp.yaml with CUDA, "
+                                    "configs/accelerate/ddp-cpu.yaml without; configs/accelerate/fsdp.yaml shards the "
+                                    "base model across GPUs when it does not fit one.")
 
 
 SYSTEM_NAMES = ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")
@@ -96,6 +108,8 @@ class ExperimentConfig:
     quant: QuantSettings = field(default_factory=QuantSettings, metadata={"help": "4-bit settings of the QLoRA systems."})
     train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Optimisation settings shared by every system."})
     eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Held-out evaluation (lm-eval), the same for every system."})
+    distributed: DistributedSettings = field(default_factory=DistributedSettings,
+                                             metadata={"help": "Multi-process training through accelerate (DDP, FSDP)."})
 
     @property
     def experiment_dir(self) -> Path:
@@ -174,7 +188,21 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for key in ("batch_size", "grad_accum", "max_length", "logging_steps"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1")
+    _validate_distributed(cfg.distributed)
     return cfg
+
+
+def _validate_distributed(d: DistributedSettings) -> None:
+    if d.launcher not in ("python", "accelerate"):
+        raise ConfigError(f"distributed.launcher: must be python or accelerate, got {d.launcher!r}")
+    if d.num_processes < 1:
+        raise ConfigError(f"distributed.num_processes: must be >= 1, got {d.num_processes}")
+    if d.num_processes > 1 and d.launcher != "accelerate":
+        raise ConfigError(f"distributed.num_processes={d.num_processes} needs distributed.launcher=accelerate "
+                          "(the python launcher starts one process)")
+    if d.accelerate_config != "auto" and not Path(d.accelerate_config).is_file():
+        raise ConfigError(f"distributed.accelerate_config: no such file {d.accelerate_config!r} "
+                          "(see configs/accelerate/)")
 
 
 def parse_overrides(overrides: list[str]) -> dict:

@@ -15,6 +15,8 @@ from harness.data import load_training_set
 from harness.io import write_json_atomic
 from harness.models import prepare
 from harness.records import base_record, now_iso, record_path, write_record
+from harness.registry import get_system
+from trainers.launch import worker_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,8 @@ def train_system(cfg: ExperimentConfig, config_path: str | None, overrides: list
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "trainers.worker", f.name], env=env)
+        # python -m trainers.worker, or accelerate launch ... -m trainers.worker (DDP/FSDP; only rank 0 writes)
+        proc = subprocess.run(worker_command(cfg, get_system(system), f.name), env=env)
     finally:
         Path(f.name).unlink(missing_ok=True)
     path = record_path(cfg.experiment_dir, system)

@@ -59,6 +59,7 @@ def sft_config(cfg: ExperimentConfig, output_dir: str | Path, use_cpu: bool) -> 
         use_cpu=use_cpu,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward: skip DDP's graph walk
     )
 
 
@@ -68,6 +69,8 @@ def effective_settings(args: SFTConfig, cfg: ExperimentConfig) -> dict:
         "learning_rate": args.learning_rate, "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "warmup": args.warmup_steps, "batch_size": args.per_device_train_batch_size,
         "grad_accum": args.gradient_accumulation_steps, "epochs": args.num_train_epochs, "max_steps": args.max_steps,
+        "num_processes": args.world_size,
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "max_length": args.max_length, "seed": args.seed, "bf16": args.bf16,
         "completion_only_loss": args.completion_only_loss, "packing": args.packing,
         "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
@@ -139,7 +142,10 @@ def counting_trainer_class(base=SFTTrainer):
             if fused_lm_head_available():
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            if return_outputs or "labels" not in inputs:
+            if return_outputs or "labels" not in inputs or self.accelerator.num_processes > 1:
+                # Under DDP/FSDP the forward must go through the wrapper (gradient sync, unsharding), so the
+                # answer-only projection (which calls the backbone directly) is not used; Trainer's loss also
+                # rescales by the number of ranks because num_items_in_batch counts the tokens of every rank.
                 return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             return completion_only_loss(model, inputs, num_items_in_batch)
@@ -161,8 +167,38 @@ def count_params(model) -> tuple[int, int]:
     return trainable, total
 
 
+def gather_across_ranks(trainer, local: dict) -> list[dict]:
+    """Every rank's dict, in rank order (a list of one in a single process)."""
+    if trainer.accelerator.num_processes == 1:
+        return [local]
+    from accelerate.utils import gather_object
+    return gather_object([local])
+
+
+def local_peak_memory(cuda: bool) -> dict:
+    memory = {"peak_rss_mib": round(peak_rss_mib(), 1)}
+    if cuda:
+        memory["peak_vram_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        memory["peak_vram_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return memory
+
+
+def save_adapter(trainer, adapter_dir: Path, tokenizer) -> None:
+    """Rank 0 writes the PEFT adapter; under FSDP every rank takes part in gathering its full state dict."""
+    if trainer.is_fsdp_enabled:
+        trainer.save_model(str(adapter_dir))  # collective; writes on rank 0 only
+    elif trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(adapter_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(adapter_dir))
+
+
 def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir: Path, tokenizer) -> dict:
-    """Train, measure, save the adapter, compute validation loss. Returns the figures for the run record."""
+    """Train, measure, save the adapter, compute validation loss. Returns the figures for the run record.
+
+    With N ranks, tokens are summed over ranks (tokens/s is global), memory is listed per rank and the
+    top-level peak is the largest rank's; times are rank 0's (ranks wait for each other at every step).
+    """
     cuda = torch.cuda.is_available() and trainer.args.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -170,30 +206,45 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
     start = time.perf_counter()
     result = trainer.train()
     train_wall = time.perf_counter() - start
+    save_adapter(trainer, adapter_dir, tokenizer)
+    validation_loss = None
+    if eval_dataset is not None and len(eval_dataset):
+        validation_loss = float(trainer.evaluate(eval_dataset)["eval_loss"])
+    ranks = gather_across_ranks(trainer, {"rank": trainer.args.process_index, "train_tokens": trainer.tokens_seen,
+                                          "tokens_at_step": callback.tokens_at_step, **local_peak_memory(cuda)})
+    train_tokens = sum(r["train_tokens"] for r in ranks)
+    tokens_at_step = [sum(counts) for counts in zip(*(r["tokens_at_step"] for r in ranks))]
+    for point in callback.loss_curve:  # tokens seen by all ranks up to the logged step
+        point["tokens"] = tokens_at_step[point["step"] - 1] if 0 < point["step"] <= len(tokens_at_step) else None
     steady = callback.step_times[WARMUP_STEPS_EXCLUDED:]
-    steady_tokens = (callback.tokens_at_step[-1] - callback.tokens_at_step[WARMUP_STEPS_EXCLUDED - 1]
-                     if len(callback.tokens_at_step) > WARMUP_STEPS_EXCLUDED else 0)
+    steady_tokens = (tokens_at_step[-1] - tokens_at_step[WARMUP_STEPS_EXCLUDED - 1]
+                     if len(tokens_at_step) > WARMUP_STEPS_EXCLUDED else 0)
     figures = {
         "steps": trainer.state.global_step,
-        "train_tokens": trainer.tokens_seen,
+        "train_tokens": train_tokens,
         "train_wall_s": round(train_wall, 3),
-        "train_tokens_per_s": round(trainer.tokens_seen / train_wall, 2) if train_wall else None,
+        "train_tokens_per_s": round(train_tokens / train_wall, 2) if train_wall else None,
         "steady_tokens_per_s": round(steady_tokens / sum(steady), 2) if steady and sum(steady) else None,
         "warmup_steps_excluded": WARMUP_STEPS_EXCLUDED,
         "step_time_p50_s": round(statistics.median(steady or callback.step_times), 4) if callback.step_times else None,
         "loss_curve": callback.loss_curve,
         "final_train_loss": callback.loss_curve[-1]["loss"] if callback.loss_curve else None,
         "mean_train_loss": float(result.training_loss) if result.training_loss is not None and math.isfinite(result.training_loss) else None,
+        "per_rank": [{k: v for k, v in r.items() if k != "tokens_at_step"} for r in ranks],
     }
-    if cuda:
-        figures["peak_vram_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        figures["peak_vram_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
-    trainer.model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
-    if eval_dataset is not None and len(eval_dataset):
-        figures["validation_loss"] = float(trainer.evaluate(eval_dataset)["eval_loss"])
-    figures["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    for key in ("peak_rss_mib", "peak_vram_allocated_mib", "peak_vram_reserved_mib"):
+        if key in ranks[0]:
+            figures[key] = max(r[key] for r in ranks)
+    if validation_loss is not None:
+        figures["validation_loss"] = validation_loss
     return figures
+
+
+def distributed_info(trainer, cfg: ExperimentConfig) -> dict:
+    state = trainer.accelerator.state
+    return {"launcher": cfg.distributed.launcher, "num_processes": state.num_processes,
+            "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+            "backend": state.backend, "fsdp": bool(trainer.is_fsdp_enabled)}
 
 
 def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool) -> dict:
@@ -208,4 +259,5 @@ def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool) -
     trainable, total = count_params(model)
     figures = run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer)
     return {"data": data_info, "trainable_params": trainable, "total_params": total,
-            "effective_settings": effective_settings(args, cfg), **figures}
+            "effective_settings": effective_settings(args, cfg), "distributed": distributed_info(trainer, cfg),
+            **figures}

@@ -1,19 +1,27 @@
 """Systems hf-lora and hf-qlora: TRL SFTTrainer + PEFT, optionally on a bitsandbytes 4-bit base."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 
 from trainers import common
 
 
+def fsdp_enabled() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # set by accelerate launch
+
+
 def bnb_config(cfg) -> BitsAndBytesConfig:
+    extra = {}
+    if fsdp_enabled():  # FSDP can only shard the packed 4-bit weights when they are stored as a float dtype
+        extra["bnb_4bit_quant_storage"] = torch.bfloat16 if cfg.train.bf16 else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant.quant_type,
                               bnb_4bit_use_double_quant=cfg.quant.double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, cfg.quant.compute_dtype))
+                              bnb_4bit_compute_dtype=getattr(torch, cfg.quant.compute_dtype), **extra)
 
 
 def lora_config(cfg) -> LoraConfig:
@@ -26,7 +34,9 @@ def load_model(model_path: str, cfg, quantized: bool, cuda: bool):
     kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quantized:
         kwargs["quantization_config"] = bnb_config(cfg)
-        kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+        if not fsdp_enabled():  # under FSDP accelerate places the shards itself
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # one GPU per rank under DDP
+            kwargs["device_map"] = {"": local_rank} if cuda else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
@@ -38,5 +48,7 @@ def train(cfg, system, model_path: str, out_dir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = get_peft_model(load_model(model_path, cfg, system.quantized, cuda), lora_config(cfg))
+    base = load_model(model_path, cfg, system.quantized, cuda)
+    set_seed(cfg.train.seed)  # LoRA's random init: the same on every rank, and across runs and launchers
+    model = get_peft_model(base, lora_config(cfg))
     return common.fit(cfg, model, tokenizer, out_dir, use_cpu=not cuda)

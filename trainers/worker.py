@@ -1,11 +1,15 @@
 """Entry point of one system's training process: `python -m trainers.worker SPEC.json`.
 
+Under `accelerate launch` every rank runs this module; they train together and only rank 0 writes the run
+record (with figures gathered from all ranks) and the adapter.
+
 Each system trains in a fresh process: Unsloth patches transformers on import, and sharing a process
 would corrupt the comparison. The worker always leaves a run record: ok, skipped (with the reason) or failed.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -15,9 +19,17 @@ from harness import set_offline_env
 from harness.config import load_config
 from harness.records import base_record, device_info, now_iso, write_record
 from harness.registry import get_system
+from trainers.launch import distributed_skip_reason
 
 
-def skip_reason(system) -> str | None:
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))  # set by torchrun (accelerate launch) for every rank
+
+
+def skip_reason(system, num_processes: int = 1) -> str | None:
+    distributed = distributed_skip_reason(system, num_processes)
+    if distributed:
+        return distributed
     if not system.needs_cuda:
         return None
     import importlib.util
@@ -37,7 +49,7 @@ def main(spec_path: str) -> int:
     out_dir = cfg.experiment_dir / system.name
     record = base_record(system.name, "running", spec["config"])
     record.update({"base_model": spec["model"], "adapter_path": None})
-    reason = skip_reason(system)
+    reason = skip_reason(system, cfg.distributed.num_processes)
     if reason:
         record.update(status="skipped", reason=reason, finished_at=now_iso())
         write_record(cfg.experiment_dir, system.name, record)
@@ -60,8 +72,11 @@ def main(spec_path: str) -> int:
         code = 1
     record.update(wall_s=round(time.perf_counter() - start, 2), finished_at=now_iso())
     record["device"] = device_info()  # again after training: now with torch's thread count and GPU
-    write_record(cfg.experiment_dir, system.name, record)
-    print(f"[{system.name}] {record['status']}" + (f": {record.get('reason')}" if code else ""), flush=True)
+    if code and rank() != 0:  # a failing non-zero rank says why; torchrun then stops the other ranks
+        print(f"[{system.name} rank {rank()}] failed: {record['reason']}\n{record['traceback']}", file=sys.stderr, flush=True)
+    if rank() == 0:
+        write_record(cfg.experiment_dir, system.name, record)
+        print(f"[{system.name}] {record['status']}" + (f": {record.get('reason')}" if code else ""), flush=True)
     return code
 
 

@@ -1,0 +1,58 @@
+"""The command that starts one system's training: a plain `python -m trainers.worker`, or `accelerate launch`.
+
+accelerate (torchrun underneath) starts the N ranks, sets up the process group (NCCL on GPUs, gloo on CPU)
+and, with an FSDP config, shards the model; the worker and the shared TRL trainer do the rest. Nothing here
+re-implements a launcher: this module only picks the config file and builds the argument list.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE_CONFIGS = REPO_ROOT / "configs" / "accelerate"
+SINGLE_GPU_REASON = ("Unsloth's open-source build trains on a single GPU; distributed.num_processes={n} > 1, "
+                     "so this system is skipped (use an hf-* system for DDP/FSDP)")
+
+
+def cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def accelerate_config_file(setting: str) -> Path:
+    """`auto`: DDP over GPUs where CUDA is present, DDP over CPU processes (gloo) where it is not."""
+    if setting != "auto":
+        return Path(setting).resolve()
+    return ACCELERATE_CONFIGS / ("ddp.yaml" if cuda_available() else "ddp-cpu.yaml")
+
+
+def free_port() -> int:
+    # torchrun's default 29500 clashes when two trainings (or test runs) share a machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_skip_reason(system, num_processes: int) -> str | None:
+    if system.framework == "unsloth" and num_processes > 1:
+        return SINGLE_GPU_REASON.format(n=num_processes)
+    return None
+
+
+def uses_accelerate(cfg, system) -> bool:
+    """Unsloth systems never go through accelerate: with N > 1 their (single) worker records the skip."""
+    return cfg.distributed.launcher == "accelerate" and system.framework != "unsloth"
+
+
+def worker_command(cfg, system, spec_path: str | Path) -> list[str]:
+    worker = ["-m", "trainers.worker", str(spec_path)]
+    if not uses_accelerate(cfg, system):
+        return [sys.executable, *worker]
+    d = cfg.distributed
+    return [sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(accelerate_config_file(d.accelerate_config)),
+            "--num_processes", str(d.num_processes),
+            "--main_process_port", str(free_port()),
+            *worker]
