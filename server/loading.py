@@ -71,11 +71,19 @@ def resolve_base(base_model: str | None, base_model_path: str | None, roots: Roo
                  origin: str) -> tuple[str, str]:
     """(name, local folder) of the base model: the recorded folder when it exists, else prepared by name."""
     if base_model_path and Path(base_model_path).expanduser().is_dir():
-        return base_model or base_model_path, str(roots.check(base_model_path, "base_model_path", origin))
+        try:
+            return base_model or base_model_path, str(roots.check(base_model_path, "base_model_path", origin))
+        except ServeError:
+            from harness.registry import get_base_model
+            if get_base_model(Path(base_model_path).name) is None:
+                raise  # not a prepared registry model: refuse rather than read an unconfigured folder
+            return resolve_base(Path(base_model_path).name, None, roots, cache_dir, origin)
     name = base_model or DEFAULT_BASE_MODEL
     if Path(name).expanduser().is_dir():
         return name, str(roots.check(name, "base_model", origin))
     from harness.registry import get_base_model
+    if get_base_model(name) is None and get_base_model(Path(name).name) is not None:
+        name = Path(name).name  # a prepared folder recorded on another machine (e.g. outside a container)
     if get_base_model(name) is None:
         raise ServeError(f"{origin}: base model {name!r} is neither a prepared folder nor a registry model "
                          "(the server is offline and loads no hub ids)")

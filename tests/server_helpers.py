@@ -19,10 +19,11 @@ def make_adapter(base_dir: Path, out: Path, nonzero: bool = True) -> Path:
     return out
 
 
-def make_experiment(root: Path, base_dir: Path, name: str = "fake", system: str = "hf-lora") -> Path:
+def make_experiment(root: Path, base_dir: Path, name: str = "fake", system: str = "hf-lora",
+                    nonzero: bool = True) -> Path:
     """root/runs/<name>/<system>/adapter + root/runs/<name>/champion.json (contract of CONTRACTS.md)."""
     exp = root / "runs" / name
-    adapter = make_adapter(base_dir, exp / system / "adapter")
+    adapter = make_adapter(base_dir, exp / system / "adapter", nonzero)
     champion = {"experiment": name, "system": system, "base_model": "tiny-llama",
                 "base_model_path": str(base_dir), "adapter_path": f"runs/{name}/{system}/adapter",
                 "scores": {}, "rule": "test fixture", "created_at": "2026-11-24T00:00:00+00:00"}

@@ -253,7 +253,7 @@ def test_real_135m_champion_over_http(tmp_path, model_cache):
     from pathlib import Path
     from openai import OpenAI
     base = Path(model_cache) / "smollm2-135m-instruct"
-    make_experiment(tmp_path, base, name="real")
+    make_experiment(tmp_path, base, name="real", nonzero=False)  # PEFT's default init: B = 0, the base's answers
     args = ["--runs-dir", str(tmp_path / "runs"), "--experiment", "real", "--max-new-tokens-cap", "256",
             "--merge", "yes", "--torch-threads", "1"]  # the auto merge timing is covered on the tiny model
     with ServerProcess(args, ready_timeout_s=600, log_path=tmp_path / "server.log") as srv:
