@@ -23,7 +23,7 @@ from harness.models import ResolvedModel
 from harness.pipeline import train_system
 from harness.registry import get_system
 from tests.conftest import REPO, make_rows
-from trainers.launch import worker_command
+from trainers.launch import free_port, worker_command
 
 LOSS_RTOL = 1e-4
 
@@ -100,6 +100,9 @@ def test_launch_command_and_config_keys(tmp_path):
     ns = build_parser().parse_args(["train", "hf-lora", "--launcher", "accelerate", "--num-processes", "2"])
     overrides = distributed_overrides(ns)
     assert overrides == ["distributed.launcher=accelerate", "distributed.num_processes=2"]
+    after = build_parser().parse_args(["train", "hf-lora", "train.max_steps=3", "--launcher", "accelerate",
+                                       "--num-processes", "2"])  # flags before SYSTEM or after the key=values
+    assert after.args == ["train.max_steps=3"] and distributed_overrides(after) == overrides
     cfg = load_config(None, overrides)
     command = worker_command(cfg, get_system("hf-lora"), "spec.json")
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
@@ -134,7 +137,7 @@ def test_lm_eval_under_accelerate_on_cpu_runs_every_item_on_every_rank(tmp_path,
     """
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "configs/accelerate/ddp-cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(__import__("trainers.launch", fromlist=["free_port"]).free_port()),
+               str(free_port()),
                "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
                "--include_path", str(REPO / "benchmarks"), "--tasks", "musicprod_mc", "--limit", "4",
                "--batch_size", "4", "--output_path", str(tmp_path / "out")]
