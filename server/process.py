@@ -31,7 +31,11 @@ class ServerProcess:
             self.stop()
             raise RuntimeError(f"server did not start: {line!r} (exit {self.proc.returncode}; log {self.log_path})")
         self.url = match.group(1)
-        self.wait_ready(ready_timeout_s)
+        try:
+            self.wait_ready(ready_timeout_s)
+        except BaseException:  # no `with` block owns it yet: do not leave an orphan server behind
+            self.stop()
+            raise
 
     def wait_ready(self, timeout_s: float) -> dict:
         end = time.monotonic() + timeout_s
