@@ -149,7 +149,7 @@ def test_eval_writes_items_summary_and_paired_tests(tiny_experiment):
 
 
 def test_lm_eval_cli_finds_tasks_from_any_directory(tmp_path, tiny_model_dir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DEEPEVAL_TELEMETRY_OPT_OUT": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DEEPEVAL_TELEMETRY_OPT_OUT": "YES"}
     out = tmp_path / "out"
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf",
