@@ -230,20 +230,25 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what} file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an experiment from YAML (or the defaults), then apply key=value overrides."""
     values: dict = {}
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        values = read_yaml_mapping(path)
         values.setdefault("name", Path(path).stem)
     try:
         values = _merge(values, parse_overrides(overrides or []))

@@ -47,6 +47,26 @@ def atomic_dir(final: str | Path):
         raise
 
 
+def read_jsonl(path: str | Path, required_strings: tuple[str, ...] = (), error: type[Exception] = ValueError) -> list[dict]:
+    """One JSON object per line; a bad line raises `error` naming the file, line and field."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{lineno}: not valid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise error(f"{path}:{lineno}: expected a JSON object")
+            for key in required_strings:
+                if not isinstance(row.get(key), str):
+                    raise error(f"{path}:{lineno}: field {key!r} missing or not a string")
+            rows.append(row)
+    return rows
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.io import atomic_dir, write_json_atomic
+from harness.io import atomic_dir, read_jsonl, write_json_atomic
 from harness.judge_config import JudgeSettings, judge_name
 from harness.judge_offline import import_deepeval
 from harness.layout import BASE_TARGET, eval_dir, judge_dir
@@ -198,19 +198,7 @@ REQUIRED = ("id", "question", "reference", "answer")
 
 
 def read_generations(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JudgeError(f"{path}:{lineno}: not valid JSON: {e}") from None
-            for key in REQUIRED:
-                if not isinstance(row.get(key), str):
-                    raise JudgeError(f"{path}:{lineno}: field {key!r} missing or not a string")
-            rows.append(row)
+    rows = read_jsonl(path, REQUIRED, JudgeError)
     if not rows:
         raise JudgeError(f"{path}: no generations")
     return rows

@@ -12,9 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from harness.config import ConfigError, _build, _field, _merge, parse_overrides
+from harness.config import ConfigError, _build, _field, _merge, parse_overrides, read_yaml_mapping
 
 BACKENDS = ("hf", "openai")
 ENV_PREFIX = "MUSICPROD_JUDGE_"
@@ -63,14 +61,7 @@ def validate_judge(s: JudgeSettings) -> JudgeSettings:
 
 
 def _read_yaml(path: str | Path) -> dict:
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such judge config file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    values = read_yaml_mapping(path, "judge config")
     return values.get("judge", values) if isinstance(values.get("judge"), dict) else values
 
 

@@ -30,6 +30,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from harness.io import read_jsonl
 from harness.layout import BASE_TARGET, eval_dir, judge_dir, ratings_db_path
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
@@ -371,24 +372,10 @@ class RatingStore:
 
 def read_generations(path: Path, target: str) -> list[dict]:
     """eval/<target>/generations.jsonl -> queue rows; errors name file, line and field."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RatingError(f"{path}:{lineno}: not valid JSON: {e}") from None
-            if not isinstance(rec, dict):
-                raise RatingError(f"{path}:{lineno}: expected a JSON object")
-            for field in ("id", "question", "answer"):
-                if not isinstance(rec.get(field), str):
-                    raise RatingError(f"{path}:{lineno}: field {field!r} missing or not a string")
-            rows.append({"target": target, "item_id": rec["id"], "question": rec["question"],
-                         "answer": rec["answer"], "reference": rec.get("reference"), "lang": rec.get("lang"),
-                         "topic": rec.get("topic"), "difficulty": rec.get("difficulty")})
-    return rows
+    return [{"target": target, "item_id": rec["id"], "question": rec["question"], "answer": rec["answer"],
+             "reference": rec.get("reference"), "lang": rec.get("lang"), "topic": rec.get("topic"),
+             "difficulty": rec.get("difficulty")}
+            for rec in read_jsonl(path, ("id", "question", "answer"), RatingError)]
 
 
 def generation_files(experiment_dir: str | Path) -> dict[str, Path]:
