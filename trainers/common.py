@@ -53,6 +53,9 @@ def sft_config(cfg: ExperimentConfig, output_dir: str | Path, use_cpu: bool) -> 
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         completion_only_loss=True,  # loss on the answer only
         packing=False,
+        # Explicit, not TRL's default: Unsloth's patched SFTConfig leaves this None and then turns padding-free
+        # batching on by itself; the same padded batches for every system keep the comparison like for like.
+        padding_free=False,
         report_to="none",
         save_strategy="no",
         eval_strategy="no",
@@ -63,19 +66,66 @@ def sft_config(cfg: ExperimentConfig, output_dir: str | Path, use_cpu: bool) -> 
     )
 
 
-def effective_settings(args: SFTConfig, cfg: ExperimentConfig) -> dict:
-    """The settings that must match across systems (asserted by tests, written to run records)."""
+def _plain(value):
+    """Enum members (schedulers, optimizers) and dtypes as plain strings, so settings compare and serialise."""
+    value = getattr(value, "value", value)
+    return str(value).replace("torch.", "") if not isinstance(value, (int, float, bool, str, type(None))) else value
+
+
+def effective_settings(args: SFTConfig, lora: dict) -> dict:
+    """The settings that must be identical for all four systems (asserted by tests, written to run records).
+
+    `args` is the SFTConfig as the trainer holds it after construction (Unsloth's trainer rewrites some fields in
+    place), `lora` the adapter shape the model really carries (`lora_settings`). One pure function for every
+    system, so a difference in the record is a difference in what ran.
+    """
     return {
-        "learning_rate": args.learning_rate, "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+        "learning_rate": args.learning_rate, "lr_scheduler": _plain(args.lr_scheduler_type),
         "warmup": args.warmup_steps, "batch_size": args.per_device_train_batch_size,
         "grad_accum": args.gradient_accumulation_steps, "epochs": args.num_train_epochs, "max_steps": args.max_steps,
         "num_processes": args.world_size,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        "max_length": args.max_length, "seed": args.seed, "bf16": args.bf16,
-        "completion_only_loss": args.completion_only_loss, "packing": args.packing,
-        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-        "target_modules": sorted(cfg.lora.target_modules),
+        "max_length": args.max_length, "seed": args.seed, "bf16": args.bf16, "fp16": args.fp16,
+        "completion_only_loss": args.completion_only_loss, "packing": args.packing, "padding_free": args.padding_free,
+        "optimizer": _plain(args.optim), "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "average_tokens_across_devices": args.average_tokens_across_devices,
+        "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+        "target_modules": sorted(lora["target_modules"]),
     }
+
+
+def lora_settings(r, alpha, dropout, target_modules) -> dict:
+    return {"r": int(r), "alpha": alpha, "dropout": float(dropout), "target_modules": sorted(target_modules)}
+
+
+def model_lora_settings(model) -> dict:
+    """The LoRA shape of the PEFT model being trained (what get_peft_model really built, Unsloth's included)."""
+    peft_cfg = model.peft_config["default"]
+    return lora_settings(peft_cfg.r, peft_cfg.lora_alpha, peft_cfg.lora_dropout, peft_cfg.target_modules)
+
+
+def quantization_settings(quantization_config) -> dict | None:
+    """4-bit settings from a BitsAndBytesConfig (object or dict); None for a 16-bit base.
+
+    Kept apart from effective_settings: the *-lora and *-qlora systems differ here on purpose, while hf-qlora
+    and unsloth-qlora must not.
+    """
+    if quantization_config is None:
+        return None
+    q = quantization_config if isinstance(quantization_config, dict) else quantization_config.to_dict()
+    if not q.get("load_in_4bit"):
+        return None
+    return {"load_in_4bit": True, "quant_type": q.get("bnb_4bit_quant_type"),
+            "double_quant": bool(q.get("bnb_4bit_use_double_quant")),
+            "compute_dtype": _plain(q.get("bnb_4bit_compute_dtype"))}
+
+
+def model_load_settings(model) -> dict:
+    """Weights dtype and 4-bit quantization of the loaded base model, read from the model itself."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"dtype": _plain(base.config.dtype),
+            "quantization": quantization_settings(getattr(base.config, "quantization_config", None))}
 
 
 class MeasuringCallback(TrainerCallback):
@@ -257,7 +307,10 @@ def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool) -
     # Unsloth reads its own max_seq_length; TRL's max_length must not silently differ from the config.
     assert trainer.args.max_length == cfg.train.max_length, "TRL max_length diverged from the experiment's"
     trainable, total = count_params(model)
+    # Read after the trainer is built: that is where Unsloth's patched SFTTrainer adjusts its args.
+    settings = effective_settings(trainer.args, model_lora_settings(model))
+    load = model_load_settings(model)
     figures = run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer)
     return {"data": data_info, "trainable_params": trainable, "total_params": total,
-            "effective_settings": effective_settings(args, cfg), "distributed": distributed_info(trainer, cfg),
+            "effective_settings": settings, "model_loading": load, "distributed": distributed_info(trainer, cfg),
             **figures}
