@@ -72,6 +72,9 @@ def main(what: str, args: list[str]) -> int:
         return bench_eval(args)
     if what == "train":
         return bench_train(args)
+    if what == "gpu":
+        from harness.bench_gpu import main as bench_gpu
+        return bench_gpu(args)
     if what == "serve":
         from server.bench import main as bench_serve
         return bench_serve(args)

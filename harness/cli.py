@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
     j.set_defaults(func=cmd_judge)
     b = sub.add_parser("bench", help="benchmarks that print figures: train | serve")
-    b.add_argument("what", choices=["train", "eval", "serve"])
+    b.add_argument("what", choices=["train", "eval", "serve", "gpu"])
     b.add_argument("args", nargs=argparse.REMAINDER,
                    help="train: [CONFIG.yaml] [key=value ...]; serve: see `musicprod bench serve --help`")
     b.set_defaults(func=cmd_bench)

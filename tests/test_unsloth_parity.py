@@ -163,3 +163,67 @@ def test_unsloth_train_passes_the_hf_systems_settings(tmp_path, tiny_model_dir, 
     assert result["figures"]["effective_settings"] == reference["effective_settings"]
     assert result["figures"]["model_loading"] == reference["model_loading"]
     assert result["figures"]["steps"] == 1 and result["figures"]["train_tokens"] > 0
+
+
+# --- musicprod bench gpu: what can be checked without a GPU ---------------------------------------------------
+
+def musicprod(*args):
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bench_gpu_dry_run_prints_the_plan():
+    out = musicprod("bench", "gpu", "--dry-run", "--seq-lens", "512,2048", "--synthetic-steps", "7", "train.max_steps=9")
+    assert out.returncode == 0, out.stderr
+    lines = [l.split() for l in out.stdout.splitlines() if l.startswith("  gpu-")]
+    assert len(lines) == 12  # 4 systems x (real + 2 sequence lengths)
+    assert {(l[0], l[1]) for l in lines} == {(e, s) for e in ("gpu-real", "gpu-synthetic-s512", "gpu-synthetic-s2048")
+                                             for s in ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")}
+    real = [l for l in lines if l[0] == "gpu-real"]
+    assert all(l[2] == "false" and l[5] == "9" for l in real)
+    assert {(l[3], l[4], l[5]) for l in lines if l[0] == "gpu-synthetic-s2048"} == {("2048", "4", "7")}
+    assert {(l[3], l[4]) for l in lines if l[0] == "gpu-synthetic-s512"} == {("512", "16")}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_gpu_refuses_without_cuda():
+    out = musicprod("bench", "gpu", "--part", "real")
+    assert out.returncode == 2
+    assert "no CUDA device" in out.stderr and "--dry-run" in out.stderr
+    assert "=== bench gpu" not in out.stdout  # refused before any training process started
+
+
+def test_mfu_uses_the_known_peak_or_none():
+    from harness.bench_gpu import flops_per_token, mfu, peak_bf16_tflops
+    assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_bf16_tflops("NVIDIA L4") == 121.0
+    assert peak_bf16_tflops("NVIDIA GeForce RTX 4090") is None and mfu(1e5, 1e9, "RTX 4090") is None
+    fpt = flops_per_token(n_params=1_000_000_000, n_layers=16, hidden=2048, seq_len=2048)
+    assert fpt == 6e9 + 12 * 16 * 2048 * 2048
+    assert mfu(50_000, fpt, "NVIDIA H200") == round(50_000 * fpt / 989.4e12, 4)
+
+
+def test_synthetic_model_is_llama_32_1b_shaped_with_the_tokenizer_vocabulary(model_cache):
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    from harness.bench_gpu import synthetic_config
+    tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
+    config = synthetic_config(len(tok), tok.eos_token_id, tok.pad_token_id, tok.bos_token_id)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size) == (2048, 16, 32, 8, 8192)
+    assert config.vocab_size == len(tok) == 49152
+    with torch.device("meta"):
+        n = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    # Llama-3.2-1B has 1.236e9 parameters; with 49152 instead of 128256 tied embeddings: 79104 x 2048 fewer
+    assert n == 1_235_814_400 - (128256 - 49152) * 2048
+
+
+def test_synthetic_dataset_is_longer_than_the_sequence_length(tmp_path, model_cache):
+    from transformers import AutoTokenizer
+    from harness.bench_gpu import synthetic_dataset
+    from harness.data import load_training_set
+    path = synthetic_dataset(tmp_path / "s.json", "data/music_production_dataset.json", min_chars=512 * 6, n_items=5)
+    rows = load_training_set(path)  # passes the training-set checks
+    tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
+    assert len(rows) == 5 and all(len(tok(r["response"])["input_ids"]) > 512 for r in rows)
