@@ -1,7 +1,9 @@
 """End to end in real Chromium (Debian `chromium` + `chromium-driver`, driven by Selenium): rate three items with
-keyboard and mouse, then check the stored rows. Screenshots go to the pytest tmp dir and /work/staging/."""
+keyboard and mouse, then check the stored rows. Screenshots go to the pytest tmp dir and are kept in
+$MUSICPROD_SCREENSHOT_DIR (default reports/out/screenshots/) for a person to look at."""
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -13,7 +15,8 @@ from tests.ratings_helpers import TARGETS, make_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-STAGING = Path("/work/staging")
+SCREENSHOTS = Path(os.environ.get("MUSICPROD_SCREENSHOT_DIR",
+                                  Path(__file__).resolve().parent.parent / "reports" / "out" / "screenshots"))
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
@@ -62,8 +65,8 @@ def _keys(driver, keys: str):
 def _save_screenshot(driver, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     driver.save_screenshot(str(path))
-    if STAGING.is_dir():
-        shutil.copy(path, STAGING / name)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENSHOTS / name)
     return path
 
 
