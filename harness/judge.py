@@ -474,7 +474,7 @@ def _fmt(v, spec: str = ".2f") -> str:
 
 def format_summary(s: dict) -> str:
     rel = s["reliability"]
-    lines = [f"judge {s['judge']} ({s['backend']}): {'RELIABLE' if s['reliable'] else 'UNRELIABLE'} - {rel['verdict']}",
+    lines = [f"judge {s['judge']} ({s['backend']}): {rel['verdict']}",
              f"  sanity: prefers the reference in {_fmt(rel['sanity_pass_rate'] and 100 * rel['sanity_pass_rate'], '.0f')} % "
              f"of {rel['sanity_n']} cases (bar: {rel['bar']})",
              f"  Spearman(correctness, key-fact recall): rho {_fmt(rel['spearman_key_fact']['rho'])} "
