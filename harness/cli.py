@@ -131,8 +131,17 @@ def cmd_judge(ns) -> int:
     return 0
 
 
+BENCH_USAGE = {
+    "train": "musicprod bench train [CONFIG.yaml] [key=value ...]: hf-lora and hf-qlora, 12 steps, tokens/s and memory",
+    "eval": "musicprod bench eval [EXPERIMENT] [SYSTEM] [eval.key=value ...]: full held-out, merged vs attached adapter",
+}
+
+
 def cmd_bench(ns) -> int:
     from harness import bench
+    if ns.what in BENCH_USAGE and any(a in ("-h", "--help") for a in ns.args):
+        print(BENCH_USAGE[ns.what])  # serve and gpu parse their own options (and --help)
+        return 0
     return bench.main(ns.what, ns.args)
 
 
@@ -221,10 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20")
     j.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
     j.set_defaults(func=cmd_judge)
-    b = sub.add_parser("bench", help="benchmarks that print figures: train | serve")
+    b = sub.add_parser("bench", help="benchmarks that print figures: train | eval | serve | gpu")
     b.add_argument("what", choices=["train", "eval", "serve", "gpu"])
     b.add_argument("args", nargs=argparse.REMAINDER,
-                   help="train: [CONFIG.yaml] [key=value ...]; serve: see `musicprod bench serve --help`")
+                   help="train: [CONFIG.yaml] [key=value ...]; eval: [EXPERIMENT] [SYSTEM] [key=value ...]; "
+                        "serve, gpu: see `musicprod bench serve --help`, `musicprod bench gpu --help`")
     b.set_defaults(func=cmd_bench)
     s = sub.add_parser("serve", help="serve the champion over HTTP (/generate, OpenAI /v1/chat/completions)")
     from server.main import add_arguments as add_serve_arguments
