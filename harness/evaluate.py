@@ -12,9 +12,10 @@ from pathlib import Path
 
 from harness import set_offline_env
 from harness.config import EvalSettings
-from harness.io import atomic_dir, write_json_atomic
+from harness.io import atomic_dir, read_jsonl, write_json_atomic
 from harness.layout import BASE_TARGET, eval_summary_path, target_dir
 from harness.metrics import QA_METRICS
+from harness.models import load_for_inference
 from harness.records import now_iso
 from harness.stats import mean_ci, paired_delta
 
@@ -33,21 +34,6 @@ def task_manager():
     from lm_eval.tasks import TaskManager
     # include_defaults=False: indexing lm-eval's ~14k built-in task YAMLs costs ~10 s and we use none of them.
     return TaskManager(include_path=str(BENCHMARKS_DIR), include_defaults=False)
-
-
-def load_model(base_path: str, adapter_path: str | None, dtype: str, merge: bool):
-    """The model as evaluated and served: bf16 base + LoRA, merged into the weights when `merge`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-    if adapter_path:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, adapter_path)
-        if merge:
-            model = model.merge_and_unload()
-    model.eval()
-    return model, tokenizer
 
 
 def run_lm_eval(model, tokenizer, settings: EvalSettings) -> dict:
@@ -109,7 +95,7 @@ def evaluate_target(experiment_dir: Path, target: str, base_path: str, adapter_p
                     settings: EvalSettings) -> dict:
     print(f"\n=== evaluating {target} ({'base model' if adapter_path is None else adapter_path}) ===", flush=True)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(base_path, adapter_path, settings.dtype, settings.merge_adapter)
+    model, tokenizer = load_for_inference(base_path, adapter_path, settings.dtype, settings.merge_adapter)
     load_s = time.perf_counter() - t0
     results = run_lm_eval(model, tokenizer, settings)
     wall = time.perf_counter() - t0
@@ -136,7 +122,7 @@ def read_items(experiment_dir: Path, target: str) -> dict[str, list[dict]]:
     for kind, name in (("qa", "generations.jsonl"), ("mc", "mc.jsonl")):
         path = out / name
         if path.exists():
-            items[kind] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+            items[kind] = read_jsonl(path, ("id",), EvalError)
     return items
 
 

@@ -19,11 +19,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.config import ConfigError
 from harness.io import atomic_dir, read_jsonl, write_json_atomic
 from harness.judge_config import JudgeSettings, judge_name
 from harness.judge_offline import import_deepeval
 from harness.layout import BASE_TARGET, eval_dir, judge_dir
+from harness.stats import mean_ci, spearman
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
 REPO = Path(__file__).resolve().parent.parent
@@ -269,15 +269,6 @@ def is_reliable(pass_rate: float | None, bar: float) -> bool:
     return pass_rate is not None and pass_rate >= bar
 
 
-def spearman(xs: list[float], ys: list[float]) -> dict:
-    from scipy.stats import spearmanr
-    n = len(xs)
-    if n < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-        return {"rho": None, "p_value": None, "n": n}
-    res = spearmanr(xs, ys)
-    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n}
-
-
 def self_consistency(pairs: list[tuple[dict, dict]]) -> dict:
     """Share of repeated (item, dimension) judgements that land on the same 1..5 level, and the mean |difference|."""
     same, diffs = [], []
@@ -348,7 +339,6 @@ def run_judge(experiment_dir: str | Path, settings: JudgeSettings, sanity_path: 
               progress: bool = True) -> dict:
     from tqdm import tqdm
 
-    from harness.stats import mean_ci
     experiment_dir = Path(experiment_dir)
     started = time.time()
     generations = experiment_generations(experiment_dir)

@@ -96,3 +96,19 @@ def _verify_reload(model, reloaded, name: str) -> None:
         b = reloaded(ids).logits.float()
     if not torch.allclose(a, b, atol=1e-3, rtol=1e-3):
         raise ModelError(f"{name}: reloaded HF folder gives different logits (max diff {(a - b).abs().max():.3g})")
+
+
+def load_for_inference(base_path: str, adapter_path: str | None, dtype: str, merge: bool):
+    """(model, tokenizer) as evaluated and served: the base in `dtype` + the LoRA adapter, merged into the weights
+    when `merge` (else left attached as a PeftModel)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    if adapter_path:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter_path)
+        if merge:
+            model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer

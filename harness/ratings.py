@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import math
 import os
 import sqlite3
@@ -32,6 +31,7 @@ from typing import Iterable, Iterator
 
 from harness.io import read_jsonl
 from harness.layout import BASE_TARGET, eval_dir, judge_dir, ratings_db_path
+from harness.stats import mean_ci, spearman
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
 SCORES = (1, 2, 3, 4, 5)
@@ -529,15 +529,6 @@ def krippendorff_alpha(matrix: list[list[float]]) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _spearman(xs: list[float], ys: list[float]) -> dict:
-    from scipy.stats import spearmanr
-    n = len(xs)
-    if n < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-        return {"rho": None, "p_value": None, "n": n}
-    res = spearmanr(xs, ys)
-    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n}
-
-
 def read_judge_scores(experiment_dir: str | Path, judge: str | None = None) -> tuple[str | None, dict]:
     """(judge name, {(target, item_id): {dim: score}}) from judge/<judge>/scores.jsonl; the newest when not named."""
     if judge is None:
@@ -550,19 +541,8 @@ def read_judge_scores(experiment_dir: str | Path, judge: str | None = None) -> t
         path = judge_dir(experiment_dir, judge) / "scores.jsonl"
         if not path.exists():
             return judge, {}
-    scores = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RatingError(f"{path}:{lineno}: not valid JSON: {e}") from None
-            if "target" not in rec or "id" not in rec:
-                raise RatingError(f"{path}:{lineno}: fields 'target' and 'id' are required")
-            scores[(rec["target"], rec["id"])] = {d: rec.get(d) for d in DIMENSIONS
-                                                   if isinstance(rec.get(d), (int, float))}
+    scores = {(rec["target"], rec["id"]): {d: rec.get(d) for d in DIMENSIONS if isinstance(rec.get(d), (int, float))}
+              for rec in read_jsonl(path, ("target", "id"), RatingError)}
     return judge, scores
 
 
@@ -588,7 +568,6 @@ def pairwise_counts(rows: list[dict]) -> list[dict]:
 
 def summarize(experiment_dir: str | Path, judge: str | None = None, resamples: int = 10_000) -> dict | None:
     """The human-rating statistics (CONTRACTS.md); None when nobody has rated anything yet."""
-    from harness.stats import mean_ci
     db = ratings_db_path(experiment_dir)
     if not db.exists():
         return None
@@ -629,7 +608,7 @@ def summarize(experiment_dir: str | Path, judge: str | None = None, resamples: i
                 if j is not None:
                     xs.append(sum(r[d] for r in rs) / len(rs))
                     ys.append(float(j))
-            judge_spearman[d] = _spearman(xs, ys)
+            judge_spearman[d] = spearman(xs, ys)
 
     n_ratings = len(live)
     coverage = {

@@ -60,3 +60,13 @@ def paired_delta(a: Sequence[float], b: Sequence[float], resamples: int = DEFAUL
     p = min(1.0, 2 * (tail * len(boots) + 1) / (len(boots) + 1))
     return {"delta": float(d.mean()), "ci_low": float(res.confidence_interval.low),
             "ci_high": float(res.confidence_interval.high), "p_value": float(p), "n": n}
+
+
+def spearman(xs: list[float], ys: list[float]) -> dict:
+    """Spearman's rho with its p-value; None when fewer than 3 pairs or one side is constant (no ranking)."""
+    from scipy.stats import spearmanr
+    n = len(xs)
+    if n < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return {"rho": None, "p_value": None, "n": n}
+    res = spearmanr(xs, ys)
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": n}

@@ -14,7 +14,7 @@ from harness.io import atomic_dir, sha256_file
 from harness.layout import BASE_TARGET, champion_path, report_dir
 from harness.records import git_sha, now_iso
 from reports import plots
-from reports.champion import RULE, decide, metric, paired, peak_memory_mib
+from reports.champion import RULE, decide, metric, peak_memory_mib
 from reports.load import Experiment, load_experiment, load_generations, read_json, reliable_judge
 
 TEMPLATES = Path(__file__).parent / "templates"

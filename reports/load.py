@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.io import read_jsonl
 from harness.layout import BASE_TARGET, eval_summary_path, generations_path, ratings_db_path
 
 
@@ -49,18 +50,6 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ReportError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ReportError(f"{path}: invalid JSON on line {lineno}: {e.msg}") from e
-    return rows
 
 
 def _check_eval_summary(path: Path, summary: dict) -> None:
@@ -136,7 +125,7 @@ def load_experiment(experiment_dir: str | Path) -> Experiment:
 def load_generations(experiment_dir: Path, target: str) -> dict[str, dict]:
     """QA generations of one target by item id ({} when the file is missing)."""
     path = generations_path(experiment_dir, target)
-    return {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
+    return {r["id"]: r for r in read_jsonl(path, ("id",), ReportError)} if path.exists() else {}
 
 
 def reliable_judge(exp: Experiment) -> tuple[str, dict] | None:

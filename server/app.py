@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import time
-import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, g, jsonify, request, stream_with_context

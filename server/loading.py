@@ -161,35 +161,25 @@ def _tokens_per_s(model, tokenizer, n_tokens: int = 16, repeats: int = 2) -> flo
 def load_model(target: ServeTarget, dtype: str = "bfloat16", merge: str = "auto") -> LoadedModel:
     """Load base (+ adapter). merge: 'auto' measures attached vs merged generation speed and keeps the faster,
     'yes' merges (merge_and_unload), 'no' keeps the LoRA layers attached."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]
+    from harness.models import load_for_inference
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(target.base_model_path)
-    model = AutoModelForCausalLM.from_pretrained(target.base_model_path, dtype=torch_dtype)
+    model, tokenizer = load_for_inference(target.base_model_path, target.adapter_path, dtype, merge == "yes")
     info: dict = {"model_id": target.model_id, "base_model": target.base_model,
                   "base_model_path": target.base_model_path, "adapter_path": target.adapter_path,
                   "source": target.source, "dtype": dtype, "merge": None}
-    if target.adapter_path:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, target.adapter_path)
-        model.eval()
-        if merge == "auto":
-            attached = _tokens_per_s(model, tokenizer)
-            model.merge_adapter()  # weights merged in place, LoRA layers still there (reversible)
-            merged = _tokens_per_s(model, tokenizer)
-            info["speed_tokens_per_s"] = {"attached": attached, "merged": merged}
-            if merged >= attached:
-                model = model.merge_and_unload()  # already-merged layers are not merged twice
-                info["merge"] = "merged"
-            else:
-                model.unmerge_adapter()  # (bf16: at most one rounding step on the adapted weights)
-                info["merge"] = "attached"
-        elif merge == "yes":
-            model = model.merge_and_unload()
+    if target.adapter_path and merge == "auto":
+        attached = _tokens_per_s(model, tokenizer)
+        model.merge_adapter()  # weights merged in place, LoRA layers still there (reversible)
+        merged = _tokens_per_s(model, tokenizer)
+        info["speed_tokens_per_s"] = {"attached": attached, "merged": merged}
+        if merged >= attached:
+            model = model.merge_and_unload()  # already-merged layers are not merged twice
             info["merge"] = "merged"
         else:
+            model.unmerge_adapter()  # (bf16: at most one rounding step on the adapted weights)
             info["merge"] = "attached"
+    elif target.adapter_path:
+        info["merge"] = "merged" if merge == "yes" else "attached"
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
