@@ -83,12 +83,9 @@ def write_target(out: Path, results: dict, extra: dict) -> None:
                 _write_jsonl(tmp / ("generations.jsonl" if kind == "qa" else "mc.jsonl"), item_rows(task, task_samples))
 
 
-def generated_tokens(tokenizer, target_out: Path) -> int:
-    path = target_out / "generations.jsonl"
-    if not path.exists():
-        return 0
-    answers = [json.loads(line)["answer"] for line in path.read_text().splitlines()]
-    return sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
+def generated_tokens(tokenizer, qa_samples: list[dict]) -> int:
+    answers = [row["answer"] for row in item_rows("musicprod_qa", qa_samples)]
+    return sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]) if answers else 0
 
 
 def evaluate_target(experiment_dir: Path, target: str, base_path: str, adapter_path: str | None,
@@ -102,15 +99,11 @@ def evaluate_target(experiment_dir: Path, target: str, base_path: str, adapter_p
     n_items = {TASK_KIND.get(t, t): len(v) for t, v in results.get("samples", {}).items()}
     extra = {"target": target, "base_model_path": base_path, "adapter_path": adapter_path,
              "merged": bool(adapter_path) and settings.merge_adapter, "dtype": settings.dtype,
-             "load_s": round(load_s, 2), "wall_s": round(wall, 2), "n_items": n_items, "finished_at": now_iso()}
-    out = target_dir(experiment_dir, target)
-    write_target(out, results, extra)
-    extra["generated_tokens"] = generated_tokens(tokenizer, out)
+             "load_s": round(load_s, 2), "wall_s": round(wall, 2), "n_items": n_items, "finished_at": now_iso(),
+             "generated_tokens": generated_tokens(tokenizer, results.get("samples", {}).get("musicprod_qa", []))}
     extra["items_per_s"] = round(sum(n_items.values()) / wall, 3)
     extra["generated_tokens_per_s"] = round(extra["generated_tokens"] / wall, 2)
-    meta = json.loads((out / "results.json").read_text())
-    meta["musicprod"] = extra
-    write_json_atomic(out / "results.json", meta)
+    write_target(target_dir(experiment_dir, target), results, extra)
     return extra
 
 
