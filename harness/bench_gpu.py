@@ -23,6 +23,8 @@ from harness.io import write_json_atomic
 from harness.records import device_info, now_iso, package_versions, git_sha
 
 SYSTEMS = ["hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora"]
+# (label, Hugging Face system, its Unsloth counterpart): the comparisons the benchmark exists for.
+PAIRS = [("LoRA", "hf-lora", "unsloth-lora"), ("QLoRA", "hf-qlora", "unsloth-qlora")]
 REAL_EXPERIMENT = "gpu-real"
 SYNTHETIC_SEQ_LENS = [512, 2048]
 SYNTHETIC_TOKENS_PER_STEP = 8192  # batch = this / seq len: the same work per step at every length
@@ -171,6 +173,46 @@ def settings_mismatches(records: dict) -> list[str]:
             for s, e in ok.items() if e != reference]
 
 
+def _ratio(a, b) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _saving(unsloth, hf) -> float | None:
+    return round(1.0 - unsloth / hf, 3) if unsloth and hf else None
+
+
+def _diff(a, b) -> float | None:
+    return round(a - b, 4) if a is not None and b is not None else None
+
+
+def pair_ratios(rows: list[dict]) -> list[dict]:
+    """Unsloth relative to HF, per experiment and pair: speed-up of steady tokens/s, VRAM saving (1 - unsloth/hf)
+    of peak allocated and reserved memory, and loss differences. A pair with a system that did not finish ok gets
+    no figures, only the reason."""
+    by_key = {(r["experiment"], r["system"]): r for r in rows}
+    out = []
+    for experiment in dict.fromkeys(r["experiment"] for r in rows):
+        for label, hf_name, unsloth_name in PAIRS:
+            hf, un = by_key.get((experiment, hf_name)), by_key.get((experiment, unsloth_name))
+            if hf is None and un is None:
+                continue
+            entry = {"experiment": experiment, "pair": label, "hf": hf_name, "unsloth": unsloth_name,
+                     "synthetic": bool((hf or un).get("synthetic")), "max_length": (hf or un).get("max_length")}
+            missing = [f"{name}: {(r or {}).get('status', 'not run')}" + (f" ({r['reason']})" if r and r.get("reason") else "")
+                       for name, r in ((hf_name, hf), (unsloth_name, un)) if not r or r.get("status") != "ok"]
+            if missing:
+                out.append({**entry, "reason": "; ".join(missing)})
+                continue
+            out.append({**entry, "reason": None,
+                        "speedup": _ratio(un["steady_tokens_per_s"], hf["steady_tokens_per_s"]),
+                        "step_time_ratio": _ratio(un["step_time_p50_s"], hf["step_time_p50_s"]),
+                        "vram_allocated_saving": _saving(un["peak_vram_allocated_mib"], hf["peak_vram_allocated_mib"]),
+                        "vram_reserved_saving": _saving(un["peak_vram_reserved_mib"], hf["peak_vram_reserved_mib"]),
+                        "final_train_loss_diff": _diff(un["final_train_loss"], hf["final_train_loss"]),
+                        "validation_loss_diff": _diff(un["validation_loss"], hf["validation_loss"])})
+    return out
+
+
 def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
     from harness.pipeline import check_and_prepare, train_system
     from harness.models import ResolvedModel
@@ -206,10 +248,17 @@ def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
     summary = {"written_at": now_iso(), "device": device_info(), "versions": package_versions(), "git_sha": git_sha(),
                "config": to_dict(cfg), "model_shapes": shapes, "rows": rows,
                "settings_mismatches": {e: settings_mismatches(r) for e, r in records.items()},
+               "pairs": pair_ratios(rows),
                "notes": ["synthetic rows: random weights, losses meaningless; speed and memory only",
                          "MFU: steady tokens/s x (6N + 12 L d T) / dense bf16 peak; null for an unknown GPU"]}
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _fmt(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}x" if unit == "x" else f"{100 * x:.1f} %"
 
 
 def print_summary(summary: dict) -> None:
@@ -222,6 +271,14 @@ def print_summary(summary: dict) -> None:
               f"{r['step_time_p50_s']!s:>10s} {r['peak_vram_allocated_mib']!s:>14s} {r['peak_vram_reserved_mib']!s:>13s} "
               f"{r['mfu']!s:>6s} {r['final_train_loss']!s:>10s} {r['validation_loss']!s:>8s}"
               + (f"  {r['reason']}" if r["status"] != "ok" else ""))
+    print(f"\n{'experiment':22s} {'pair':6s} {'speed-up':>9s} {'VRAM alloc saved':>16s} {'VRAM resv saved':>15s} "
+          f"{'train loss diff':>15s}   (Unsloth relative to HF)")
+    for p in summary.get("pairs") or pair_ratios(summary["rows"]):
+        if p["reason"]:
+            print(f"{p['experiment']:22s} {p['pair']:6s} no comparison: {p['reason']}")
+            continue
+        print(f"{p['experiment']:22s} {p['pair']:6s} {_fmt(p['speedup'], 'x'):>9s} {_fmt(p['vram_allocated_saving'], '%'):>16s} "
+              f"{_fmt(p['vram_reserved_saving'], '%'):>15s} {p['final_train_loss_diff']!s:>15s}")
     for experiment, problems in summary["settings_mismatches"].items():
         for p in problems:
             print(f"WARNING {experiment}: effective settings differ: {p}")
