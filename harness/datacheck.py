@@ -2,7 +2,7 @@
 
 Checks: schema and types, response length, lang tag vs text (py3langid), exact and near duplicates in
 training, key-fact regexes (own reference >= 90 %, other references <= 15 % on average), MC answer spread,
-and held-out vs training contamination by 13-gram overlap (lm-eval's convention) and MiniLM cosine >= 0.9.
+MC option length (the correct option must not be a length tell), and held-out vs training contamination by 13-gram overlap (lm-eval's convention) and MiniLM cosine >= 0.9.
 """
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ RESPONSE_WORDS = (40, 250)
 NGRAM = 13
 COSINE_LIMIT = 0.9
 NEAR_DUPLICATE_COSINE = 0.95
+# With four options the correct one is strictly the longest (or shortest) in at most ~25 % of items when length
+# carries no signal; 30 % is two standard errors above that at n = 311. Above it, "pick the longest" beats chance
+# and log-likelihood (which favours short continuations) is pushed below it.
+LENGTH_TELL_LIMIT = 0.30
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
@@ -106,7 +110,24 @@ def check_heldout(qa_path, qa, mc_path, mc) -> list[str]:
     positions = Counter(r["answer"] for r in mc)
     if mc and max(positions.values()) - min(positions.get(k, 0) for k in range(4)) > max(3, len(mc) // 10):
         problems.append(f"{mc_path}: correct answers unevenly spread over positions: {dict(sorted(positions.items()))}")
-    return problems
+    return problems + mc_length_tells(mc_path, mc)
+
+
+def mc_length_shares(mc: list[dict]) -> dict[str, float]:
+    """Share of items whose correct option is strictly the longest / strictly the shortest (in characters)."""
+    def strictly(item, better) -> bool:
+        lens = [len(c) for c in item["choices"]]
+        return all(better(lens[item["answer"]], l) for i, l in enumerate(lens) if i != item["answer"])
+    n = len(mc) or 1
+    return {"longest": sum(strictly(r, int.__gt__) for r in mc) / n,
+            "shortest": sum(strictly(r, int.__lt__) for r in mc) / n}
+
+
+def mc_length_tells(mc_path, mc) -> list[str]:
+    shares = mc_length_shares(mc)
+    return [f"{mc_path}: the correct option is strictly the {which} in {share:.0%} of items (limit "
+            f"{LENGTH_TELL_LIMIT:.0%}; chance about 25 %): option length gives the answer away; rewrite distractors"
+            for which, share in shares.items() if mc and share > LENGTH_TELL_LIMIT]
 
 
 def contamination(train, heldout: list[tuple[str, dict]], semantic: bool) -> list[str]:

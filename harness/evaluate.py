@@ -58,8 +58,23 @@ def item_rows(task: str, samples: list[dict]) -> list[dict]:
                          "reference": doc["reference"], "key_facts": doc["key_facts"], "answer": answer.strip(),
                          "metrics": {m: s[m] for m in QA_METRICS}})
         else:
-            rows.append({**base, "acc": s["acc"], "acc_norm": s["acc_norm"]})
+            rows.append({**base, "acc": s["acc"], "acc_norm": s["acc_norm"], **length_baselines(doc)})
     return rows
+
+
+def length_baselines(doc: dict) -> dict:
+    """Whether always picking the longest / the shortest option (first on ties) would be right, and chance:
+    the floor an MC accuracy must clear before it says anything about knowledge."""
+    lens = [len(c) for c in doc["choices"]]
+    return {"pick_longest": float(lens.index(max(lens)) == doc["answer"]),
+            "pick_shortest": float(lens.index(min(lens)) == doc["answer"]), "chance": 1.0 / len(lens)}
+
+
+def mc_baselines(rows: list[dict], resamples: int) -> dict | None:
+    """Length-only baselines over the evaluated MC items (rows written before they existed have none)."""
+    if not rows or "pick_longest" not in rows[0]:
+        return None
+    return {k: mean_ci([r[k] for r in rows], resamples) for k in ("chance", "pick_longest", "pick_shortest")}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -153,7 +168,8 @@ def summarize(experiment_dir: Path, targets: dict[str, dict], settings: EvalSett
                             "apply_chat_template": True, "dtype": settings.dtype, "merge_adapter": settings.merge_adapter},
                "limit": settings.limit or None,
                "n_items": {k: len(v) for k, v in next(iter(items.values()), {}).items()},
-               "targets": {}, "paired": []}
+               "targets": {}, "paired": [],
+               "mc_baselines": mc_baselines(next(iter(items.values()), {}).get("mc", []), settings.bootstrap_resamples)}
     for t, meta in targets.items():
         summary["targets"][t] = {"status": "ok", "adapter_path": meta.get("adapter_path"),
                                  "wall_s": meta.get("wall_s"), "items_per_s": meta.get("items_per_s"),
@@ -228,9 +244,14 @@ def format_summary(summary: dict) -> str:
 
         def ci(m, scale=1.0):
             return f"{m['mean'] * scale:.3f} [{m['ci_low'] * scale:.3f}, {m['ci_high'] * scale:.3f}]" if m and m.get("ci_low") is not None else "-"
-        lines.append(f"{t:14s} {ci(qa.get('key_fact_recall')):>22s} {qa.get('rougeL', {}).get('mean', float('nan')):8.3f} "
-                     f"{qa.get('chrf', {}).get('mean', float('nan')):6.1f} {qa.get('semscore', {}).get('mean', float('nan')):9.3f} "
+        def mean(m, digits):
+            return f"{m['mean']:.{digits}f}" if m and m.get("mean") is not None else "-"
+        lines.append(f"{t:14s} {ci(qa.get('key_fact_recall')):>22s} {mean(qa.get('rougeL'), 3):>8s} "
+                     f"{mean(qa.get('chrf'), 1):>6s} {mean(qa.get('semscore'), 3):>9s} "
                      f"{ci(mc.get('acc')):>20s} {s.get('wall_s') or 0:7.0f}")
+    if summary.get("mc_baselines"):
+        lines.append("  MC baselines on these items: " + ", ".join(
+            f"{k.replace('_', ' ')} {v['mean']:.3f}" for k, v in summary["mc_baselines"].items()))
     for p in summary["paired"]:
         if p["metric"] in ("key_fact_recall", "acc") and p.get("ci_low") is not None:
             lines.append(f"  {p['a']} - {p['b']} {p['task']}.{p['metric']}: {p['delta']:+.3f} "

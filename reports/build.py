@@ -161,6 +161,14 @@ def quality_rows(exp: Experiment, champion: str) -> tuple[list[dict], list[dict]
     return header, rows
 
 
+def mc_baseline_rows(exp: Experiment) -> list[dict]:
+    """Chance and length-only baselines of the evaluated MC items: what an MC accuracy must beat."""
+    labels = {"chance": "chance (1 / options)", "pick_longest": "always the longest option",
+              "pick_shortest": "always the shortest option"}
+    base = (exp.eval or {}).get("mc_baselines") or {}
+    return [{"label": labels[k], **score(base[k], 100, "%")} for k in labels if base.get(k)]
+
+
 def slice_tables(exp: Experiment) -> list[dict]:
     """Per-topic and per-language means with their CIs (the numbers behind the heatmaps)."""
     tables = []
@@ -362,7 +370,7 @@ def build_context(exp: Experiment) -> dict:
     ctx = {
         "experiment": exp.name, "experiment_dir": str(exp.dir), "created_at": now_iso(),
         "overview": overview(exp), "systems": system_rows(exp), "figures": figures,
-        "quality_header": q_header, "quality_rows": q_rows, "paired": paired_rows(exp), "fronts": fronts,
+        "quality_header": q_header, "quality_rows": q_rows, "mc_baselines": mc_baseline_rows(exp), "paired": paired_rows(exp), "fronts": fronts,
         "slice_tables": slice_tables(exp),
         "judges": judge_sections(exp), "reliable_judge": judge[0] if judge else None,
         "human": human_section(exp), "side_by_side": side_by_side(exp, champ["system"]),

@@ -70,7 +70,8 @@ def write_items(experiment_dir: Path, target: str, recall: list[float], acc: lis
     with open(out / "mc.jsonl", "w", encoding="utf-8") as f:
         for i, a in enumerate(acc):
             f.write(json.dumps({"id": f"mc-{i:03d}", "lang": "de" if i % 4 == 0 else "en", "topic": TOPICS[i % 3],
-                                "acc": a, "acc_norm": a}) + "\n")
+                                "acc": a, "acc_norm": a, "chance": 0.25, "pick_longest": float(i % 2 == 0),
+                                "pick_shortest": float(i % 5 == 0)}) + "\n")
 
 
 def cycle(pattern: list[float], n: int = N_ITEMS) -> list[float]:

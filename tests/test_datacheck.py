@@ -71,6 +71,23 @@ def test_mc_schema_errors_name_the_field(tmp_path):
         dc.load_mc(path)
 
 
+def _mc_item(i: int, choices: list[str], answer: int) -> dict:
+    return {"id": f"m{i}", "lang": "en", "topic": "mixing", "question": "?", "choices": choices, "answer": answer}
+
+
+def test_mc_length_tell_is_flagged(tmp_path):
+    # correct option strictly longest in 8 of 20 items (40 %): flagged; in 5 of 20 (25 %): passes
+    telling = [_mc_item(i, ["a much longer right answer", "short", "brief", "tiny"], 0) for i in range(8)] + \
+              [_mc_item(i, ["same", "size", "here", "yes!"], i % 4) for i in range(8, 20)]
+    problems = dc.mc_length_tells(tmp_path / "mc.json", telling)
+    assert len(problems) == 1 and "strictly the longest in 40% of items" in problems[0]
+    fair = telling[3:]
+    assert dc.mc_length_shares(fair)["longest"] == pytest.approx(5 / 17)
+    assert dc.mc_length_tells(tmp_path / "mc.json", fair) == []
+    shortest = [_mc_item(i, ["x", "much longer", "longer one", "also longer"], 0) for i in range(4)]
+    assert "strictly the shortest in 100% of items" in dc.mc_length_tells(tmp_path / "mc.json", shortest)[0]
+
+
 def test_shipped_data_passes_the_validator():
     """The landed training set and held-out benchmark: valid, and the held-out is not contaminated."""
     code = dc.run_check(str(REPO / "data/music_production_dataset.json"), str(REPO / "benchmarks/musicprod/data"))

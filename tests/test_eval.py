@@ -146,6 +146,18 @@ def test_eval_writes_items_summary_and_paired_tests(tiny_experiment):
     results = json.loads((tiny_experiment / "eval" / "hf-lora" / "results.json").read_text())
     assert "musicprod_qa" in results["results"] and "acc,none" in results["results"]["musicprod_mc"]
     assert results["musicprod"]["merged"] is True
+    mc_items = json.loads((REPO / "benchmarks/musicprod/data/mc.json").read_text())[:3]
+    longest = [float(max(range(4), key=lambda i: (len(m["choices"][i]), -i)) == m["answer"]) for m in mc_items]
+    assert summary["mc_baselines"]["pick_longest"]["mean"] == pytest.approx(sum(longest) / 3)
+    assert summary["mc_baselines"]["chance"]["mean"] == 0.25
+
+
+def test_length_baselines_pick_the_first_of_tied_options():
+    from harness.evaluate import length_baselines
+    doc = {"choices": ["bb", "a", "cc", "ddd"], "answer": 0}
+    assert length_baselines(doc) == {"pick_longest": 0.0, "pick_shortest": 0.0, "chance": 0.25}
+    assert length_baselines({**doc, "answer": 3})["pick_longest"] == 1.0
+    assert length_baselines({"choices": ["x", "yy", "x", "zz"], "answer": 0})["pick_shortest"] == 1.0
 
 
 def test_lm_eval_cli_finds_tasks_from_any_directory(tmp_path, tiny_model_dir):

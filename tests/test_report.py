@@ -119,6 +119,7 @@ def test_plain_report_without_judge_or_humans(plain, tmp_path):
     assert "No human ratings for this experiment yet" in text
     assert "unsloth-qlora" in text and "unsloth needs CUDA; this machine has none" in text
     assert "No run of this experiment used a GPU" in text
+    assert "always the longest option 50.0 %" in text  # fixture: every second MC item
     assert "Judge " not in text  # no judge section heading for a judge that does not exist
 
 
