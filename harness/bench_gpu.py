@@ -92,8 +92,9 @@ def build_synthetic_model(out_dir: Path, tokenizer_dir: str, seed: int = 0, **sh
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json_atomic(tmp / "musicprod_model.json", {
-            "synthetic": True, "shape": "Llama-3.2-1B (hidden 2048, 16 layers, 32 heads, 8 kv heads, "
-            "intermediate 8192) with SmolLM2's vocabulary", "vocab_size": config.vocab_size, "seed": seed,
+            "synthetic": True, "shape": "Llama-3.2-1B with SmolLM2's vocabulary" + (f", overridden: {shape}" if shape else ""),
+            "config": {k: v for k, v in config.to_dict().items() if k in LLAMA_32_1B_SHAPE or k == "rope_parameters"},
+            "vocab_size": config.vocab_size, "seed": seed,
             "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": str(tokenizer_dir)})
     return out_dir
 
@@ -125,7 +126,7 @@ def plan(args, cfg) -> list[dict]:
                          "max_steps": cfg.train.max_steps, "overrides": [f"name={REAL_EXPERIMENT}"]})
     if args.part in ("synthetic", "all"):
         for seq in args.seq_lens:
-            batch = max(1, SYNTHETIC_TOKENS_PER_STEP // seq)
+            batch = max(1, args.synthetic_tokens_per_step // seq)
             for system in args.systems:
                 runs.append({"experiment": f"gpu-synthetic-s{seq}", "system": system, "synthetic": True,
                              "max_length": seq, "batch_size": batch, "max_steps": args.synthetic_steps,
@@ -213,6 +214,14 @@ def pair_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def synthetic_model_dir(args) -> Path:
+    """One folder per shape, so a shrunken rehearsal model is never mistaken for the 1B one (or vice versa)."""
+    if not args.synthetic_shape:
+        return Path(args.synthetic_dir)
+    tag = "-".join(f"{k}{v}" for k, v in sorted(args.synthetic_shape.items()))
+    return Path(f"{args.synthetic_dir}-{tag}")
+
+
 def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
     from harness.pipeline import check_and_prepare, train_system
     from harness.models import ResolvedModel
@@ -226,7 +235,7 @@ def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
         model = real_model
         if run["synthetic"]:
             if synthetic_model is None:
-                path = build_synthetic_model(Path(args.synthetic_dir), real_model.path)
+                path = build_synthetic_model(synthetic_model_dir(args), real_model.path, **args.synthetic_shape)
                 synthetic_model = ResolvedModel("synthetic-llama-3.2-1b-shape", str(path), None, {"synthetic": True})
             data = synthetic_dataset(Path(args.synthetic_dir + "-data") / f"s{run['max_length']}-n{run['max_steps'] * run['batch_size']}.json",
                                      cfg.data.train_path, min_chars=run["max_length"] * 6,
@@ -245,7 +254,7 @@ def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
         write_json_atomic(out / "records" / run["experiment"] / f"{run['system']}.json", record)
         records.setdefault(run["experiment"], {})[run["system"]] = record
         rows.append(row)
-    summary = {"written_at": now_iso(), "device": device_info(), "versions": package_versions(), "git_sha": git_sha(),
+    summary = {"written_at": now_iso(), "rehearsal": args.cpu_rehearsal, "device": device_info(), "versions": package_versions(), "git_sha": git_sha(),
                "config": to_dict(cfg), "model_shapes": shapes, "rows": rows,
                "settings_mismatches": {e: settings_mismatches(r) for e, r in records.items()},
                "pairs": pair_ratios(rows),
@@ -262,7 +271,8 @@ def _fmt(x: float | None, unit: str) -> str:
 
 
 def print_summary(summary: dict) -> None:
-    print(f"\nbench gpu on {summary['device'].get('gpu')} (torch {summary['versions'].get('torch')}, "
+    where = "CPU REHEARSAL (not GPU figures)" if summary.get("rehearsal") else summary["device"].get("gpu")
+    print(f"\nbench gpu on {where} (torch {summary['versions'].get('torch')}, "
           f"unsloth {summary['versions'].get('unsloth')}, trl {summary['versions'].get('trl')})")
     print(f"{'experiment':22s} {'system':14s} {'status':8s} {'steady tok/s':>12s} {'step p50 s':>10s} "
           f"{'VRAM alloc MiB':>14s} {'VRAM resv MiB':>13s} {'MFU':>6s} {'train loss':>10s} {'val loss':>8s}")
@@ -292,10 +302,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--systems", type=lambda s: s.split(","), default=SYSTEMS, help="comma-separated (default: all four)")
     p.add_argument("--seq-lens", type=lambda s: [int(x) for x in s.split(",")], default=SYNTHETIC_SEQ_LENS)
     p.add_argument("--synthetic-steps", type=int, default=SYNTHETIC_STEPS)
+    p.add_argument("--synthetic-tokens-per-step", type=int, default=SYNTHETIC_TOKENS_PER_STEP,
+                   help="batch = this / sequence length, the same work per step at every length")
     p.add_argument("--synthetic-dir", default="/tmp/musicprod-synthetic-llama-1b",
                    help="where the random-weight model is saved (~2.2 GB, built once)")
     p.add_argument("--out", default="runs/gpu-bench", help="summary.json and records/<experiment>/<system>.json")
+    p.add_argument("--synthetic-shape", type=_shape_overrides, default={}, metavar="KEY=VALUE,...",
+                   help="override the synthetic model's Llama config (e.g. hidden_size=64,num_hidden_layers=2); "
+                        "for rehearsals, never for reported figures")
+    p.add_argument("--cpu-rehearsal", action="store_true",
+                   help="run the whole benchmark without CUDA to check the procedure (summary says rehearsal: true; "
+                        "its figures are CPU figures and must never be reported as GPU results)")
     return p
+
+
+def _shape_overrides(text: str) -> dict:
+    out = {}
+    for pair in filter(None, text.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or key not in LLAMA_32_1B_SHAPE:
+            raise argparse.ArgumentTypeError(f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(LLAMA_32_1B_SHAPE)}")
+        out[key] = type(LLAMA_32_1B_SHAPE[key])(value) if not isinstance(LLAMA_32_1B_SHAPE[key], bool) else value == "true"
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -308,7 +336,9 @@ def main(argv: list[str]) -> int:
         print_plan(runs, cfg, args)
         return 0
     import torch
-    if not torch.cuda.is_available():
+    if args.cpu_rehearsal:
+        print("bench gpu: CPU REHEARSAL: checks the procedure end to end; its figures are not GPU figures", flush=True)
+    elif not torch.cuda.is_available():
         print("musicprod bench gpu: error: no CUDA device (torch.cuda.is_available() is False). This benchmark "
               "measures GPU speed and VRAM and runs only on a CUDA machine; see benchmarks/results/gpu/README.md "
               "for the run procedure, or --dry-run for the plan.", file=sys.stderr)

@@ -58,7 +58,7 @@ def load_run(run_dir: Path) -> dict:
     parts = sorted(run_dir.glob("*/summary.json"))
     if not parts:
         raise ReportError(f"{run_dir}: no <part>/summary.json (expected the output of `musicprod bench gpu`)")
-    rows, records, devices, versions = [], {}, set(), {}
+    rows, records, devices, versions, rehearsal = [], {}, set(), {}, False
     for path in parts:
         summary = read_json(path)
         if not isinstance(summary.get("rows"), list):
@@ -71,10 +71,12 @@ def load_run(run_dir: Path) -> dict:
             rec_path = path.parent / "records" / row["experiment"] / f"{row['system']}.json"
             if rec_path.exists():
                 records[(row["experiment"], row["system"])] = read_json(rec_path)
+        rehearsal |= bool(summary.get("rehearsal"))
         devices.add(json.dumps(summary.get("device") or {}, sort_keys=True))
         versions.update({k: v for k, v in (summary.get("versions") or {}).items() if v})
     device = json.loads(sorted(devices)[0]) if devices else {}
-    return {"dir": run_dir, "name": run_dir.name, "gpu": device.get("gpu") or "unknown GPU", "device": device,
+    gpu = "CPU rehearsal" if rehearsal else device.get("gpu") or "unknown GPU"
+    return {"dir": run_dir, "name": run_dir.name, "gpu": gpu, "rehearsal": rehearsal, "device": device,
             "devices_differ": len(devices) > 1, "versions": versions, "rows": rows, "records": records,
             "pairs": pair_ratios(rows),
             "mismatches": [m for p in parts for ms in (read_json(p).get("settings_mismatches") or {}).values() for m in ms]}
@@ -198,7 +200,8 @@ def loss_figure(runs: list[dict]) -> dict | None:
                     ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker=".",
                             color=SYSTEM_COLORS[system], label=system)
             ax.set(title=label, xlabel="optimizer step")
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         axes[0].set_ylabel("train loss (nats/token)")
         fig.tight_layout()
     finals = "; ".join(f"{s}: final {c[-1]['loss']:.3f}" for s, c in curves.items() if c)

@@ -152,3 +152,43 @@ def test_cli_gpu_report(tmp_path, capsys):
     assert "GPU report:" in capsys.readouterr().out
     assert main(["report", "--gpu", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "no <part>/summary.json" in capsys.readouterr().err
+
+
+def test_cpu_rehearsal_runs_the_whole_benchmark_and_feeds_the_report(tmp_path, tiny_model_dir, tiny_dataset):
+    """`bench gpu --cpu-rehearsal` walks run_all as a GPU run would (fresh process per system, real and
+    synthetic parts, records, summary with pairs), on a tiny model; the GPU report reads what it wrote."""
+    import os
+    import subprocess
+    import sys
+    from harness import OFFLINE_ENV
+    from tests.conftest import REPO
+    out = tmp_path / "bench" / "rehearsal"
+    cmd = [sys.executable, "-m", "harness.bench_gpu", "--cpu-rehearsal", "--systems", "hf-lora,unsloth-lora",
+           "--seq-lens", "128", "--synthetic-steps", "2", "--synthetic-tokens-per-step", "256",
+           "--synthetic-shape", "hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,"
+                                "num_key_value_heads=2,head_dim=16",
+           "--synthetic-dir", str(tmp_path / "synthetic"), "--out", str(out),
+           f"runs_dir={tmp_path / 'runs'}", f"model.name={tiny_model_dir}", f"data.train_path={tiny_dataset}",
+           "train.max_steps=2", "train.batch_size=2", "train.logging_steps=1", "data.validation_fraction=0.2"]
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "CPU REHEARSAL" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rehearsal"] is True
+    rows = {(r["experiment"], r["system"]): r for r in summary["rows"]}
+    assert set(rows) == {(e, s) for e in ("gpu-real", "gpu-synthetic-s128") for s in ("hf-lora", "unsloth-lora")}
+    real, synthetic = rows[("gpu-real", "hf-lora")], rows[("gpu-synthetic-s128", "hf-lora")]
+    assert real["status"] == "ok" and real["steps"] == 2 and real["train_tokens"] > 0
+    assert synthetic["status"] == "ok" and synthetic["synthetic"] and synthetic["batch_size"] == 2
+    assert rows[("gpu-real", "unsloth-lora")]["status"] == "skipped"
+    assert all(p["reason"] and "unsloth-lora: skipped" in p["reason"] for p in summary["pairs"])
+    record = json.loads((out / "records" / "gpu-synthetic-s128" / "hf-lora.json").read_text())
+    assert record["synthetic"] is True and record["train_tokens"] == 2 * 2 * 128  # every sequence full length
+    model_card = json.loads((tmp_path / "synthetic-head_dim16-hidden_size64-intermediate_size128-num_attention_heads4-"
+                                         "num_hidden_layers2-num_key_value_heads2" / "musicprod_model.json").read_text())
+    assert model_card["config"]["hidden_size"] == 64 and "overridden" in model_card["shape"]
+    index = build_gpu_report([out.parent], tmp_path / "report")  # the run folder holds the part "rehearsal"
+    text = text_of(index.read_text(encoding="utf-8"))
+    assert "CPU rehearsal, not GPU figures:" in text, text[:2000]
+    assert "no comparison in bench: unsloth-lora: skipped" in text
