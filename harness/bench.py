@@ -36,7 +36,7 @@ def bench_eval(args: list[str]) -> int:
     """Full held-out evaluation of one adapter, merged into the weights vs attached; prints the figures."""
     import json
     import shutil
-    from harness.cli import resolve_experiment
+    from harness.layout import resolve_experiment
     from harness.config import experiment_config
     from harness.evaluate import run_eval
     positional = [a for a in args if "=" not in a]

@@ -9,6 +9,7 @@ from pathlib import Path
 from harness import set_offline_env
 from harness.config import ConfigError, describe, experiment_config, load_config, to_dict
 from harness.data import DatasetError
+from harness.layout import resolve_experiment
 from harness.models import ModelError
 
 
@@ -80,17 +81,6 @@ def cmd_config(ns) -> int:
 def cmd_data(ns) -> int:
     from harness.datacheck import run_check
     return run_check(ns.train, ns.benchmark_dir, semantic=not ns.no_semantic)
-
-
-def resolve_experiment(name_or_path: str, runs_dir: str = "runs") -> Path:
-    """An experiment is a folder: a path, or a name under runs/."""
-    path = Path(name_or_path)
-    if not path.is_dir() and (Path(runs_dir) / name_or_path).is_dir():
-        path = Path(runs_dir) / name_or_path
-    if not path.is_dir():
-        known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []
-        raise ConfigError(f"experiment {name_or_path!r}: no such folder (known under {runs_dir}/: {', '.join(known) or 'none'})")
-    return path
 
 
 def cmd_eval(ns) -> int:

@@ -10,7 +10,8 @@
       eval/<target>/samples_<task>.jsonl   lm-eval per-sample logs
       eval/<target>/generations.jsonl one QA item per line: id, lang, topic, difficulty, question, reference,
                                       key_facts, answer, metrics{rougeL, bleu, chrf, key_fact_recall, semscore}
-      eval/<target>/mc.jsonl          one MC item per line: id, lang, topic, acc, acc_norm
+      eval/<target>/mc.jsonl          one MC item per line: id, lang, topic, acc, acc_norm, and the length-only
+                                      baselines pick_longest, pick_shortest, chance
       judge/<judge>/...               LLM-judge scores and reliability (harness.judge)
       ratings.sqlite                  human ratings (harness.ratings)
       champion.json                   the chosen system, read by the server (reports)
@@ -18,6 +19,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+from harness.config import ConfigError
 
 BASE_TARGET = "base"  # evaluation target name of the un-adapted base model
 
@@ -60,3 +63,14 @@ def champion_path(experiment_dir: str | Path) -> Path:
 
 def report_dir(experiment_name: str, root: str | Path = "reports/out") -> Path:
     return Path(root) / experiment_name
+
+
+def resolve_experiment(name_or_path: str, runs_dir: str = "runs") -> Path:
+    """An experiment is a folder: a path, or a name under runs/."""
+    path = Path(name_or_path)
+    if not path.is_dir() and (Path(runs_dir) / name_or_path).is_dir():
+        path = Path(runs_dir) / name_or_path
+    if not path.is_dir():
+        known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []
+        raise ConfigError(f"experiment {name_or_path!r}: no such folder (known under {runs_dir}/: {', '.join(known) or 'none'})")
+    return path
