@@ -36,10 +36,35 @@ def task_manager():
     return TaskManager(include_path=str(BENCHMARKS_DIR), include_defaults=False)
 
 
+def _single_token_ids(tokenizer, texts) -> set[int] | None:
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    return {i[0] for i in ids} if all(len(i) == 1 for i in ids) else None
+
+
+def hflm_class():
+    """lm-eval's HFLM whose greedy generation drops finished rows (harness.generation); anything else
+    (sampling, a stop string that is not one token) goes to HFLM's own `generate` path."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from harness.generation import greedy_generate
+
+    class DroppingHFLM(HFLM):
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            stop_ids = _single_token_ids(self.tokenizer, stop)
+            greedy = not generation_kwargs.get("do_sample") and not generation_kwargs.get("temperature")
+            mask = generation_kwargs.get("attention_mask")
+            if not (greedy and stop_ids and mask is not None):
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                enabled=self.mixed_precision_dtype is not None):
+                return greedy_generate(self.model, context, mask, max_length - context.shape[1], stop_ids,
+                                       fill_id=min(stop_ids))
+    return DroppingHFLM
+
+
 def run_lm_eval(model, tokenizer, settings: EvalSettings) -> dict:
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+    lm = hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
     return simple_evaluate(model=lm, tasks=list(settings.tasks), task_manager=task_manager(),
                            apply_chat_template=True, log_samples=True, limit=settings.limit or None,
                            gen_kwargs={"max_gen_toks": settings.max_gen_toks}, bootstrap_iters=0,

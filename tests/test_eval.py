@@ -174,3 +174,29 @@ def test_lm_eval_cli_finds_tasks_from_any_directory(tmp_path, tiny_model_dir):
     assert {"musicprod_qa", "musicprod_mc"} <= set(results)
     assert 0.0 <= results["musicprod_mc"]["acc,none"] <= 1.0
     assert "key_fact_recall,none" in results["musicprod_qa"]
+
+
+def test_greedy_generate_matches_hf_generate_and_drops_finished_rows(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from harness.generation import greedy_generate
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    enc = tok(["How loud should a master be?", "EQ", "Why does my kick drum disappear in the mix on phones?"],
+              return_tensors="pt", padding=True)
+    pad = tok.pad_token_id
+    free = model.generate(**enc, do_sample=False, max_new_tokens=12, eos_token_id=None, pad_token_id=pad)
+    width = enc["input_ids"].shape[1]
+    stop = int(free[1, width])  # row 1 stops at once; the others (random weights: they repeat one token) run on
+    assert not (free[[0, 2], width:] == stop).any(), "fixture: rows 0 and 2 must not produce row 1's token"
+    batch_sizes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: batch_sizes.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    ours = greedy_generate(model, enc["input_ids"], enc["attention_mask"], 12, {stop}, fill_id=pad)
+    hook.remove()
+    reference = model.generate(**enc, do_sample=False, max_new_tokens=12, eos_token_id=stop, pad_token_id=pad)
+    assert ours.shape == (3, width + 12)
+    assert torch.equal(ours[:, :reference.shape[1]], reference)
+    assert (ours[:, reference.shape[1]:] == pad).all()
+    assert ours[1, width] == stop and (ours[1, width + 1:] == pad).all()
+    assert torch.equal(ours[[0, 2], width:], free[[0, 2], width:])  # unaffected by the row that left
+    assert batch_sizes[0] == 3 and min(batch_sizes) < 3  # the finished row left the batch
