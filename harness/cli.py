@@ -268,7 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     set_offline_env()
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    # argparse ends a positional list at the first option, so `eval exp --only base k=v` would leave `k=v` over
+    # (parse_intermixed_args does not support subparsers): put such key=value words back where they belong.
+    trailing = "overrides" if hasattr(ns, "overrides") else "args" if isinstance(getattr(ns, "args", None), list) else None
+    if extra and trailing and all("=" in a and not a.startswith("-") for a in extra):
+        getattr(ns, trailing).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return ns.func(ns)
     except (ConfigError, DatasetError, ModelError) as e:

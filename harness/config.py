@@ -72,7 +72,8 @@ class TrainSettings:
 
 @dataclass
 class EvalSettings:
-    batch_size: int = _field(32, "Held-out items generated (left-padded) or scored together.")
+    batch_size: int = _field(64, "Held-out items generated (left-padded) or scored together (64: 8 % faster "
+                                 "than 32 on 2 CPU cores; bf16 outputs depend slightly on the batch).")
     max_gen_toks: int = _field(256, "Longest generated answer in tokens (greedy decoding for every system).")
     limit: int = _field(0, "Evaluate only the first N items of each task (0 = all). Quick checks only: no headline figures.")
     dtype: str = _field("bfloat16", "Weights dtype during evaluation: bfloat16 or float32.")

@@ -15,7 +15,8 @@ from harness.config import EvalSettings
 from harness.io import atomic_dir, read_jsonl, write_json_atomic
 from harness.layout import BASE_TARGET, eval_summary_path, target_dir
 from harness.metrics import QA_METRICS
-from harness.models import load_for_inference
+from harness.models import load_for_inference, prepare
+from harness.registry import get_base_model
 from harness.records import now_iso
 from harness.stats import mean_ci, paired_delta
 
@@ -226,9 +227,9 @@ def experiment_targets(experiment_dir: Path, include_base: bool) -> tuple[str, d
     if not records:
         raise EvalError(f"{experiment_dir}: no run records (*/run.json); train first (musicprod run)")
     targets: dict[str, str | None] = {BASE_TARGET: None} if include_base else {}
-    skipped, base_path = {}, None
+    skipped, base = {}, {}
     for system, r in records.items():
-        base_path = base_path or (r.get("base_model") or {}).get("path")
+        base = base or (r.get("base_model") or {})
         adapter = _existing(r.get("adapter_path"))
         if r.get("status") != "ok":
             skipped[system] = f"{r.get('status')}: {r.get('reason')}"
@@ -236,10 +237,24 @@ def experiment_targets(experiment_dir: Path, include_base: bool) -> tuple[str, d
             skipped[system] = f"adapter missing at {adapter}"
         else:
             targets[system] = adapter
-    if base_path is None or not Path(base_path).exists():
-        raise EvalError(f"{experiment_dir}: base model folder {base_path!r} from the run records is missing; "
-                        f"run `musicprod model prepare` for it")
-    return base_path, targets, skipped
+    return _local_base_path(base, experiment_dir), targets, skipped
+
+
+def _local_base_path(base: dict, experiment_dir: Path) -> str:
+    """The recorded base folder, or, for records made on another machine (the GPU machine's cache), the same
+    registry model prepared here: its GGUF sha256 must match the recorded one, else it is another model."""
+    path, name = base.get("path"), base.get("name")
+    if path and Path(path).exists():
+        return path
+    if name and get_base_model(name) is not None:
+        local = prepare(name)
+        recorded = base.get("source_sha256")
+        if recorded and local.source_sha256 != recorded:
+            raise EvalError(f"{experiment_dir}: base model {name!r} prepared here has source sha256 "
+                            f"{local.source_sha256}, the run records say {recorded}: not the model it was trained on")
+        return local.path
+    raise EvalError(f"{experiment_dir}: base model folder {path!r} from the run records is missing and "
+                    f"{name!r} is not a registry model; run `musicprod model prepare` for it")
 
 
 def run_eval(experiment_dir: str | Path, settings: EvalSettings, only: list[str] | None = None) -> dict:

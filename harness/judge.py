@@ -2,7 +2,7 @@
 both orders, and the judge's measured reliability. `musicprod judge [experiment]` judges the saved generations
 (runs/<exp>/eval/<target>/generations.jsonl) without regenerating them and writes runs/<exp>/judge/<judge>/:
 
-    summary.json       CONTRACTS.md: per-target means with 95 % CIs, pairwise, reliability, `reliable`
+    summary.json       per-target means with 95 % CIs, pairwise, reliability, `reliable`
     scores.jsonl       one line per (target, item): scores, reasons, whether the score was probability-weighted
     sanity.jsonl       reference vs off-topic answer per sanity question, and whether the judge preferred the reference
     consistency.jsonl  repeated items: first and second score

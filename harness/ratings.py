@@ -567,7 +567,7 @@ def pairwise_counts(rows: list[dict]) -> list[dict]:
 
 
 def summarize(experiment_dir: str | Path, judge: str | None = None, resamples: int = 10_000) -> dict | None:
-    """The human-rating statistics (CONTRACTS.md); None when nobody has rated anything yet."""
+    """The human-rating statistics (per target and criterion, agreement); None when nobody has rated anything yet."""
     db = ratings_db_path(experiment_dir)
     if not db.exists():
         return None

@@ -50,3 +50,24 @@ def test_override_parsing_nests_and_types():
 def test_every_field_has_help():
     rows = describe()
     assert len(rows) > 20 and all(help_text for _, _, help_text in rows)
+
+
+@pytest.mark.parametrize("argv", [["eval", "exp", "--only", "base", "eval.batch_size=64"],
+                                  ["eval", "--only", "base", "exp", "eval.batch_size=64"],
+                                  ["eval", "exp", "eval.batch_size=64", "--only", "base"]])
+def test_cli_takes_overrides_before_or_after_options(monkeypatch, argv):
+    from harness import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_eval", lambda ns: seen.update(vars(ns)) or 0)
+    assert cli.main(argv) == 0
+    assert seen["experiment"] == "exp" and seen["only"] == "base" and seen["overrides"] == ["eval.batch_size=64"]
+
+
+def test_cli_still_rejects_unknown_options(monkeypatch, capsys):
+    from harness import cli
+
+    monkeypatch.setattr(cli, "cmd_eval", lambda ns: 0)
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "exp", "--only", "base", "--bogus"])
+    assert "--bogus" in capsys.readouterr().err

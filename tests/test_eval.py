@@ -200,3 +200,38 @@ def test_greedy_generate_matches_hf_generate_and_drops_finished_rows(tiny_model_
     assert ours[1, width] == stop and (ours[1, width + 1:] == pad).all()
     assert torch.equal(ours[[0, 2], width:], free[[0, 2], width:])  # unaffected by the row that left
     assert batch_sizes[0] == 3 and min(batch_sizes) < 3  # the finished row left the batch
+
+
+def _records_with_base(tmp_path, base_model):
+    exp = tmp_path / "exp"
+    (exp / "hf-lora").mkdir(parents=True)
+    (exp / "hf-lora" / "run.json").write_text(json.dumps(
+        {"status": "skipped", "reason": "test", "base_model": base_model}))
+    return exp
+
+
+def test_eval_prepares_registry_base_here_when_recorded_folder_is_elsewhere(tmp_path, monkeypatch):
+    """Run records from the GPU machine name its cache folder; here the same registry model, same GGUF, is used."""
+    from harness import evaluate
+    from harness.models import ResolvedModel
+
+    local = tmp_path / "prepared"
+    local.mkdir()
+    monkeypatch.setattr(evaluate, "prepare", lambda name: ResolvedModel(name, str(local), "abc", {}))
+    exp = _records_with_base(tmp_path, {"name": "smollm2-135m-instruct", "path": "/nowhere/smollm2",
+                                        "source_sha256": "abc"})
+    base_path, targets, skipped = evaluate.experiment_targets(exp, include_base=True)
+    assert base_path == str(local) and list(targets) == ["base"] and "hf-lora" in skipped
+
+    exp = _records_with_base(tmp_path / "other", {"name": "smollm2-135m-instruct", "path": "/nowhere/smollm2",
+                                                  "source_sha256": "def"})
+    with pytest.raises(evaluate.EvalError, match="sha256"):
+        evaluate.experiment_targets(exp, include_base=True)
+
+
+def test_eval_names_missing_unregistered_base(tmp_path):
+    from harness import evaluate
+
+    exp = _records_with_base(tmp_path, {"name": "my/private-model", "path": "/nowhere/private"})
+    with pytest.raises(evaluate.EvalError, match="my/private-model"):
+        evaluate.experiment_targets(exp, include_base=True)
