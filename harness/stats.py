@@ -41,7 +41,7 @@ def paired_delta(a: Sequence[float], b: Sequence[float], resamples: int = DEFAUL
     """Mean of a - b over the same items, its 95 % CI, and a two-sided bootstrap p-value for 'no difference'.
 
     The p-value inverts the percentile interval: it is the smallest alpha at which the (1 - alpha) interval
-    excludes 0, so p < 0.05 exactly when the reported 95 % CI excludes 0.
+    excludes 0, so p < 0.05 when the reported 95 % CI excludes 0 (up to the +1 correction, 1 resample in 10 000).
     """
     if len(a) != len(b):
         raise ValueError(f"paired_delta: {len(a)} vs {len(b)} items; pairs must cover the same items")
@@ -60,6 +60,14 @@ def paired_delta(a: Sequence[float], b: Sequence[float], resamples: int = DEFAUL
     p = min(1.0, 2 * (tail * len(boots) + 1) / (len(boots) + 1))
     return {"delta": float(d.mean()), "ci_low": float(res.confidence_interval.low),
             "ci_high": float(res.confidence_interval.high), "p_value": float(p), "n": n}
+
+
+def fdr_adjust(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q) for a family of tests, in the input order (scipy)."""
+    from scipy.stats import false_discovery_control
+    if not p_values:
+        return []
+    return [float(q) for q in false_discovery_control(np.asarray(p_values, dtype=float), method="bh")]
 
 
 def spearman(xs: list[float], ys: list[float]) -> dict:

@@ -13,6 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from harness.io import atomic_dir, sha256_file
 from harness.layout import BASE_TARGET, champion_path, report_dir
 from harness.records import git_sha, now_iso
+from harness.stats import fdr_adjust
 from reports import plots
 from reports.champion import RULE, decide, metric, peak_memory_mib
 from reports.load import Experiment, load_experiment, load_generations, read_json, reliable_judge
@@ -74,7 +75,8 @@ def delta(p: dict, scale: float, unit: str) -> dict:
     verdict = "better" if p["ci_low"] > 0 else "worse" if p["ci_high"] < 0 else "no detectable difference"
     return {"value": f"{p['delta'] * scale:+.{d}f}{u}",
             "ci": f"95 % CI {p['ci_low'] * scale:+.{d}f} to {p['ci_high'] * scale:+.{d}f}{u}",
-            "p": "–" if p.get("p_value") is None else f"{p['p_value']:.3g}", "n": p.get("n"), "verdict": verdict}
+            "p": "–" if p.get("p_value") is None else f"{p['p_value']:.3g}", "p_value": p.get("p_value"),
+            "n": p.get("n"), "verdict": verdict}
 
 
 # ---------- sections ----------
@@ -195,6 +197,12 @@ def paired_rows(exp: Experiment) -> list[dict]:
         rows.append({"a": p["a"], "b": p["b"], "metric": h, "vs_base": p["b"] == BASE_TARGET,
                      "headline": key in (("qa", "key_fact_recall"), ("mc", "acc")), "order": order.index(key),
                      **delta(p, scale, unit)})
+    # Many rows at p < 0.05 invite false positives: give each its Benjamini-Hochberg q over every row shown.
+    tested = [r for r in rows if r["p_value"] is not None]
+    for r, q in zip(tested, fdr_adjust([r["p_value"] for r in tested])):
+        r["q"] = f"{q:.3g}"
+    for r in rows:
+        r.setdefault("q", "–")
     # Comparisons with base first, then system pairs; headline metrics first within each pair.
     return sorted(rows, key=lambda r: (not r["vs_base"], r["a"], r["b"], r["order"]))
 

@@ -88,7 +88,7 @@ def test_full_report_content(full, tmp_path):
     assert f"{kfr['mean'] * 100:.1f} %" in text
     assert f"95 % CI {kfr['ci_low'] * 100:.1f}–{kfr['ci_high'] * 100:.1f} %, n = 24" in text
     # paired comparisons: hf-lora beats base on key-fact recall, hf-qlora is worse than hf-lora
-    assert re.search(r"hf-lora base key-fact recall \+[\d.]+ pp 95 % CI \+[\d.]+ to \+[\d.]+ pp [\d.e-]+ 24 better", text)
+    assert re.search(r"hf-lora base key-fact recall \+[\d.]+ pp 95 % CI \+[\d.]+ to \+[\d.]+ pp [\d.e-]+ [\d.e-]+ 24 better", text)
     assert re.search(r"hf-lora hf-qlora key-fact recall \+[\d.]+ pp .{0,60}better", text)
     # judge reliability and human agreement
     assert "reliable" in text and "95.0 % of 40 sanity cases" in text and "ρ = +0.62" in text
@@ -236,3 +236,19 @@ def test_breakdown_tables_carry_cis(plain, tmp_path):
     de = summary["targets"]["hf-lora"]["by_lang"]["qa"]["de"]["key_fact_recall"]
     assert "QA key-fact recall (%) by language, with 95 % CIs" in text
     assert f"{de['mean'] * 100:.1f} % 95 % CI {de['ci_low'] * 100:.1f}–{de['ci_high'] * 100:.1f} %, n = {de['n']}" in text
+
+
+def test_paired_rows_carry_benjamini_hochberg_q(tmp_path):
+    """q by hand for p = .01, .03, .04, .5 (m = 4): .04, .0533, .0533, .5; rows without a p get none."""
+    from reports.build import paired_rows
+    from reports.load import Experiment
+
+    def row(metric, task, p):
+        return {"task": task, "metric": metric, "a": "hf-lora", "b": "base", "delta": 0.01, "ci_low": 0.001,
+                "ci_high": 0.02, "p_value": p, "n": 50}
+
+    paired = [row("key_fact_recall", "qa", 0.01), row("acc", "mc", 0.04), row("rougeL", "qa", 0.03),
+              row("chrf", "qa", 0.5), row("bleu", "qa", None)]
+    exp = Experiment(dir=tmp_path, name="x", records={}, stages=None, eval={"paired": paired}, judges={}, human=None)
+    q = {r["metric"]: r["q"] for r in paired_rows(exp)}
+    assert q == {"key-fact recall": "0.04", "MC accuracy": "0.0533", "ROUGE-L": "0.0533", "chrF": "0.5", "BLEU": "–"}
