@@ -2,7 +2,8 @@
 
 Checks: schema and types, response length, lang tag vs text (py3langid), exact and near duplicates in
 training, key-fact regexes (own reference >= 90 %, other references <= 15 % on average), MC answer spread,
-MC option length (the correct option must not be a length tell), and held-out vs training contamination by 13-gram overlap (lm-eval's convention) and MiniLM cosine >= 0.9.
+MC option length (the correct option must not be a length tell), and held-out vs training contamination by
+13-gram overlap (lm-eval's convention) and MiniLM cosine >= 0.9.
 """
 from __future__ import annotations
 

@@ -189,13 +189,14 @@ def paired_rows(items_a: dict, items_b: dict, a: str, b: str, resamples: int) ->
 
 def summarize(experiment_dir: Path, targets: dict[str, dict], settings: EvalSettings, name: str) -> dict:
     items = {t: read_items(experiment_dir, t) for t in targets}
+    first = next(iter(items.values()), {})  # every target answers the same items
     summary = {"experiment": name, "created_at": now_iso(),
                "decoding": {"max_gen_toks": settings.max_gen_toks, "do_sample": False, "batch_size": settings.batch_size,
                             "apply_chat_template": True, "dtype": settings.dtype, "merge_adapter": settings.merge_adapter},
                "limit": settings.limit or None,
-               "n_items": {k: len(v) for k, v in next(iter(items.values()), {}).items()},
+               "n_items": {k: len(v) for k, v in first.items()},
                "targets": {}, "paired": [],
-               "mc_baselines": mc_baselines(next(iter(items.values()), {}).get("mc", []), settings.bootstrap_resamples)}
+               "mc_baselines": mc_baselines(first.get("mc", []), settings.bootstrap_resamples)}
     for t, meta in targets.items():
         summary["targets"][t] = {"status": "ok", "adapter_path": meta.get("adapter_path"),
                                  "wall_s": meta.get("wall_s"), "items_per_s": meta.get("items_per_s"),

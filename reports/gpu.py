@@ -58,7 +58,7 @@ def load_run(run_dir: Path) -> dict:
     parts = sorted(run_dir.glob("*/summary.json"))
     if not parts:
         raise ReportError(f"{run_dir}: no <part>/summary.json (expected the output of `musicprod bench gpu`)")
-    rows, records, devices, versions, rehearsal = [], {}, set(), {}, False
+    rows, records, devices, versions, rehearsal, mismatches = [], {}, set(), {}, False, []
     for path in parts:
         summary = read_json(path)
         if not isinstance(summary.get("rows"), list):
@@ -74,18 +74,27 @@ def load_run(run_dir: Path) -> dict:
         rehearsal |= bool(summary.get("rehearsal"))
         devices.add(json.dumps(summary.get("device") or {}, sort_keys=True))
         versions.update({k: v for k, v in (summary.get("versions") or {}).items() if v})
+        mismatches += [m for ms in (summary.get("settings_mismatches") or {}).values() for m in ms]
     device = json.loads(sorted(devices)[0]) if devices else {}
     gpu = "CPU rehearsal" if rehearsal else device.get("gpu") or "unknown GPU"
     return {"dir": run_dir, "name": run_dir.name, "gpu": gpu, "rehearsal": rehearsal, "device": device,
             "devices_differ": len(devices) > 1, "versions": versions, "rows": rows, "records": records,
-            "pairs": pair_ratios(rows),
-            "mismatches": [m for p in parts for ms in (read_json(p).get("settings_mismatches") or {}).values() for m in ms]}
+            "pairs": pair_ratios(rows), "mismatches": mismatches}
 
 
 # ---------- comparison ----------
 
 def _spread(values: list[float]) -> dict:
     return {"values": values, "mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _spreads(items: list[dict], keys: tuple[str, ...]) -> dict:
+    """Per key, the spread of its non-null values over the repeats, or None when no repeat has one."""
+    out = {}
+    for key in keys:
+        values = [x[key] for x in items if x.get(key) is not None]
+        out[key] = _spread(values) if values else None
+    return out
 
 
 def _experiment_key(experiment: str) -> tuple:
@@ -106,10 +115,8 @@ def compare(runs: list[dict]) -> list[dict]:
         row = {"gpu": gpu, "experiment": experiment, "pair": pair, "synthetic": entries[0][1]["synthetic"],
                "max_length": entries[0][1]["max_length"], "repeats": [name for name, _ in entries],
                "reasons": [f"{name}: {p['reason']}" for name, p in entries if p["reason"]]}
-        for key in ("speedup", "vram_allocated_saving", "vram_reserved_saving", "final_train_loss_diff",
-                    "validation_loss_diff"):
-            values = [p[key] for _, p in ok if p.get(key) is not None]
-            row[key] = _spread(values) if values else None
+        row.update(_spreads([p for _, p in ok], ("speedup", "vram_allocated_saving", "vram_reserved_saving",
+                                                   "final_train_loss_diff", "validation_loss_diff")))
         row["claims"] = [claim_check(c, row) for c in PUBLISHED_CLAIMS if pair in c["pairs"]]
         out.append(row)
     return out
@@ -139,10 +146,8 @@ def system_table(runs: list[dict]) -> list[dict]:
         entry = {"gpu": gpu, "experiment": experiment, "system": system, "runs": len(rows), "ok": len(ok),
                  "status": ", ".join(sorted({r.get("status") for r in rows})),
                  "reason": "; ".join(sorted({r["reason"] for r in rows if r.get("reason")}))}
-        for key in ("steady_tokens_per_s", "step_time_p50_s", "peak_vram_allocated_mib", "peak_vram_reserved_mib",
-                    "mfu", "final_train_loss", "validation_loss"):
-            values = [r[key] for r in ok if r.get(key) is not None]
-            entry[key] = _spread(values) if values else None
+        entry.update(_spreads(ok, ("steady_tokens_per_s", "step_time_p50_s", "peak_vram_allocated_mib",
+                                   "peak_vram_reserved_mib", "mfu", "final_train_loss", "validation_loss")))
         out.append(entry)
     return out
 
