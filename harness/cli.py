@@ -80,7 +80,8 @@ def cmd_config(ns) -> int:
 
 def cmd_data(ns) -> int:
     from harness.datacheck import run_check
-    return run_check(ns.train, ns.benchmark_dir, semantic=not ns.no_semantic)
+    return run_check(ns.train, ns.benchmark_dir, semantic=not ns.no_semantic, augmented_path=ns.augmented or None,
+                     dev_dir=ns.dev_dir or None)
 
 
 def cmd_eval(ns) -> int:
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["check"])
     d.add_argument("--train", default="data/music_production_dataset.json")
     d.add_argument("--benchmark-dir", default="benchmarks/musicprod/data")
+    d.add_argument("--augmented", default="data/music_production_augmented.json",
+                   help="paraphrase augmentations of the training set ('' = none)")
+    d.add_argument("--dev-dir", default="benchmarks/musicprod/data/dev", help="dev set (qa.json, mc.json; '' = none)")
     d.add_argument("--no-semantic", action="store_true", help="skip the MiniLM near-duplicate checks")
     d.set_defaults(func=cmd_data)
     e = sub.add_parser("eval", help="evaluate the base model and every adapter of an experiment (lm-eval)")

@@ -32,7 +32,10 @@ class ModelConfig:
 class DataConfig:
     train_path: str = _field("data/music_production_dataset.json", "Training set: JSON list of {id, lang, topic, instruction, response, ...}.")
     validation_fraction: float = _field(0.05, "Share of the training set held back (stratified by topic) for validation loss.")
-    max_train_items: int = _field(0, "Use only the first N training items after the split (0 = all). For quick runs.")
+    augmented_path: str = _field("", "Paraphrase augmentations of the training set (JSON list, each naming its seed item in "
+                                 "augmented_from; '' = none). Those of validation items are left out.")
+    max_train_items: int = _field(0, "Use only the first N training items after the split (0 = all; their augmentations "
+                                  "follow them). For quick runs.")
     system_prompt: str = _field("", "System message put before every instruction ('' = none; no template default is injected).")
 
 

@@ -71,6 +71,18 @@ def load_training_set(path: str | Path) -> list[dict]:
     return rows
 
 
+AUGMENTED_FIELDS = ("augmented_from", "style")
+
+
+def load_augmented_set(path: str | Path) -> list[dict]:
+    """Paraphrase augmentations of the seed set: training items that also name their seed (augmented_from)."""
+    rows = read_json_list(path)
+    for i, row in enumerate(rows):
+        check_record(path, i, row, REQUIRED_TRAIN_FIELDS + AUGMENTED_FIELDS, OPTIONAL_TRAIN_FIELDS)
+    check_unique_ids(path, rows)
+    return rows
+
+
 def split_train_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold back `fraction` of each topic (at least one item per topic with >= 2 items) for validation."""
     if fraction <= 0:
@@ -90,6 +102,19 @@ def split_train_validation(rows: list[dict], fraction: float, seed: int) -> tupl
     return train, val
 
 
+def experiment_rows(data_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) of an experiment: the seeded split of the training set, then the
+    augmentations of the training items only (an augmentation of a validation item would leak into its loss)."""
+    rows = load_training_set(data_cfg.train_path)
+    train, val = split_train_validation(rows, data_cfg.validation_fraction, seed)
+    if data_cfg.max_train_items:
+        train = train[: data_cfg.max_train_items]
+    if data_cfg.augmented_path:
+        kept = {r["id"] for r in train}
+        train = train + [r for r in load_augmented_set(data_cfg.augmented_path) if r["augmented_from"] in kept]
+    return train, val
+
+
 def to_prompt_completion(row: dict, system_prompt: str = "") -> dict:
     """Conversational prompt/completion pair: TRL computes the loss on the completion only."""
     prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -97,5 +122,10 @@ def to_prompt_completion(row: dict, system_prompt: str = "") -> dict:
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": row["response"]}]}
 
 
-def dataset_fingerprint(path: str | Path, train: list, val: list) -> dict:
-    return {"path": str(path), "sha256": sha256_file(path), "train_items": len(train), "validation_items": len(val)}
+def dataset_fingerprint(data_cfg, train: list, val: list) -> dict:
+    info = {"path": str(data_cfg.train_path), "sha256": sha256_file(data_cfg.train_path), "train_items": len(train),
+            "validation_items": len(val)}
+    if data_cfg.augmented_path:
+        info.update(augmented_path=str(data_cfg.augmented_path), augmented_sha256=sha256_file(data_cfg.augmented_path),
+                    augmented_items=sum("augmented_from" in r for r in train))
+    return info

@@ -1,9 +1,10 @@
-"""`musicprod data check`: validate the training set and the held-out benchmark, and decontaminate.
+"""`musicprod data check`: validate the training set, its augmentations, the dev set and the held-out benchmark.
 
 Checks: schema and types, response length, lang tag vs text (py3langid), exact and near duplicates in
 training, key-fact regexes (own reference >= 90 %, other references <= 15 % on average), MC answer spread,
-MC option length (the correct option must not be a length tell), and held-out vs training contamination by
-13-gram overlap (lm-eval's convention) and MiniLM cosine >= 0.9.
+MC option length (the correct option must not be a length tell), and contamination by 13-gram overlap
+(lm-eval's convention) and MiniLM cosine >= 0.9: held-out vs training (seed and augmented), dev vs held-out,
+and dev vs training (a dev question that copies a training instruction would flatter the recipe it picks).
 """
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from harness.data import DatasetError, check_record, check_unique_ids, load_training_set, read_json_list
+from harness.data import (DatasetError, check_record, check_unique_ids, load_augmented_set, load_training_set,
+                          read_json_list)
 from harness.metrics import key_fact_recall
 
 TOPICS = ("ableton", "mixing", "mastering", "sound_design", "recording", "music_theory", "genre_workflows")
 DIFFICULTIES = ("beginner", "intermediate", "advanced")
 SOURCE_TYPES = ("docs-style", "forum Q&A", "step-by-step tutorial", "concept", "troubleshooting")
 RESPONSE_WORDS = (40, 250)
+AUGMENTED_RESPONSE_WORDS = (12, 90)  # augmentations are short answers that restate a seed item's key facts
+AUGMENTED_STYLES = ("question", "scenario", "check")
 NGRAM = 13
 COSINE_LIMIT = 0.9
 NEAR_DUPLICATE_COSINE = 0.95
@@ -131,27 +135,76 @@ def mc_length_tells(mc_path, mc) -> list[str]:
             for which, share in shares.items() if mc and share > LENGTH_TELL_LIMIT]
 
 
-def contamination(train, heldout: list[tuple[str, dict]], semantic: bool) -> list[str]:
-    """Held-out questions/references that share a 13-gram with, or are MiniLM-close to, training text."""
-    problems = []
-    index: dict[tuple, str] = {}
+def heldout_text(row: dict) -> str:
+    """The text of an evaluation item that training text must not share: question + reference, or question +
+    options (an MC option copied from training gives the answer away as much as the question does)."""
+    return " ".join([row["question"], row.get("reference", ""), *row.get("choices", [])])
+
+
+def overlaps(train, heldout: list[tuple[str, dict]], semantic: bool):
+    """Every (kind, held-out row, training id, why) pair that shares a 13-gram or is MiniLM-close (>= 0.9)."""
+    index: dict[tuple, list[str]] = {}
     for r in train:
         for g in ngrams(r["instruction"] + " " + r["response"]):
-            index.setdefault(g, r["id"])
+            index.setdefault(g, []).append(r["id"])
     for name, r in heldout:
-        text = r["question"] + " " + r.get("reference", "")
-        hit = next((index[g] for g in ngrams(text) if g in index), None)
-        if hit:
-            problems.append(f"{name} {r['id']}: shares a {NGRAM}-gram with training item {hit}")
+        hits = dict.fromkeys(i for g in ngrams(heldout_text(r)) for i in index.get(g, ()))
+        for train_id in hits:
+            yield name, r, train_id, f"shares a {NGRAM}-gram with training item {train_id}"
     if semantic and train and heldout:
         from harness.embeddings import encode
-        train_vecs = encode([r["instruction"] for r in train])
-        held_vecs = encode([r["question"] for _, r in heldout])
-        sims = held_vecs @ train_vecs.T
+        sims = encode([r["question"] for _, r in heldout]) @ encode([r["instruction"] for r in train]).T
         for k, (name, r) in enumerate(heldout):
-            j = int(sims[k].argmax())
-            if sims[k, j] >= COSINE_LIMIT:
-                problems.append(f"{name} {r['id']}: question has MiniLM cosine {sims[k, j]:.2f} with training item {train[j]['id']}")
+            for j in (sims[k] >= COSINE_LIMIT).nonzero()[0]:
+                yield name, r, train[j]["id"], f"question has MiniLM cosine {sims[k, j]:.2f} with training item {train[j]['id']}"
+
+
+def contamination(train, heldout: list[tuple[str, dict]], semantic: bool) -> list[str]:
+    """Held-out items that share a 13-gram with, or are MiniLM-close to, training text (first finding per
+    item and check)."""
+    seen, problems = set(), []
+    for name, r, _, why in overlaps(train, heldout, semantic):
+        kind = "ngram" if "gram" in why else "cosine"
+        if (name, r["id"], kind) not in seen:
+            seen.add((name, r["id"], kind))
+            problems.append(f"{name} {r['id']}: {why}")
+    return problems
+
+
+def contaminating_ids(train, heldout: list[tuple[str, dict]], semantic: bool) -> set[str]:
+    """Training ids that overlap any held-out item: what an augmentation merge must drop."""
+    return {train_id for _, _, train_id, _ in overlaps(train, heldout, semantic)}
+
+
+def check_augmented(path, rows: list[dict], seed: list[dict]) -> list[str]:
+    """Augmentations: each names its seed item (augmented_from), keeps its language and topic, is a short
+    answer, and is not a copy of another instruction."""
+    seed_by_id = {r["id"]: r for r in seed}
+    problems = []
+    for i, r in enumerate(rows):
+        where = f"{path}: record {i} (id={r['id']!r})"
+        source = seed_by_id.get(r.get("augmented_from"))
+        if source is None:
+            problems.append(f"{where}: field 'augmented_from' = {r.get('augmented_from')!r} is not a training item id")
+            continue
+        for key in ("lang", "topic"):
+            if r.get(key) != source[key]:
+                problems.append(f"{where}: field {key!r} = {r.get(key)!r} differs from its seed item ({source[key]!r})")
+        if r.get("style") not in AUGMENTED_STYLES:
+            problems.append(f"{where}: field 'style' = {r.get('style')!r} not in {AUGMENTED_STYLES}")
+        words = len(r["response"].split())
+        if not AUGMENTED_RESPONSE_WORDS[0] <= words <= AUGMENTED_RESPONSE_WORDS[1]:
+            problems.append(f"{where}: field 'response' has {words} words (allowed {AUGMENTED_RESPONSE_WORDS[0]}-"
+                            f"{AUGMENTED_RESPONSE_WORDS[1]})")
+        got = detect_lang(r["instruction"] + " " + r["response"])
+        if got != r["lang"]:
+            problems.append(f"{where}: field 'lang' is {r['lang']!r} but the text reads as {got!r}")
+    seen = {" ".join(r["instruction"].lower().split()): f"seed item {r['id']}" for r in seed}
+    for i, r in enumerate(rows):
+        key = " ".join(r["instruction"].lower().split())
+        if key in seen:
+            problems.append(f"{path}: record {i} (id={r['id']!r}): field 'instruction' exactly duplicates {seen[key]}")
+        seen.setdefault(key, f"augmented item {r['id']}")
     return problems
 
 
@@ -185,21 +238,42 @@ def stats_table(train, qa, mc) -> str:
     return console.export_text()
 
 
-def run_check(train_path: str, benchmark_dir: str, semantic: bool = True) -> int:
+def load_benchmark(bench_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    bench = Path(bench_dir)
+    return load_qa(bench / "qa.json"), load_mc(bench / "mc.json")
+
+
+def as_items(qa: list[dict], mc: list[dict], prefix: str = "") -> list[tuple[str, dict]]:
+    return [(f"{prefix}qa", r) for r in qa] + [(f"{prefix}mc", r) for r in mc]
+
+
+def run_check(train_path: str, benchmark_dir: str, semantic: bool = True, augmented_path: str | None = None,
+              dev_dir: str | None = None) -> int:
     bench = Path(benchmark_dir)
     train = load_training_set(train_path)
-    qa = load_qa(bench / "qa.json")
-    mc = load_mc(bench / "mc.json")
+    qa, mc = load_benchmark(bench)
     problems = check_training(train_path, train) + check_heldout(bench / "qa.json", qa, bench / "mc.json", mc)
     if semantic:
         problems += near_duplicates(train_path, train)
-    heldout = [("qa", r) for r in qa] + [("mc", r) for r in mc]
-    leaks = contamination(train, heldout, semantic)
+    augmented = load_augmented_set(augmented_path) if augmented_path else []
+    problems += check_augmented(augmented_path, augmented, train) if augmented else []
+    heldout = as_items(qa, mc)
+    leaks = contamination(train + augmented, heldout, semantic)
+    dev_qa, dev_mc = load_benchmark(dev_dir) if dev_dir else ([], [])
+    if dev_dir:
+        dev = Path(dev_dir)
+        problems += check_heldout(dev / "qa.json", dev_qa, dev / "mc.json", dev_mc)
+        # Dev against held-out: a shared item would let a choice made on dev see the held-out.
+        held_as_train = [{"id": r["id"], "instruction": r["question"], "response": heldout_text(r)} for _, r in heldout]
+        leaks += contamination(held_as_train, as_items(dev_qa, dev_mc, "dev "), semantic)
+        leaks += contamination(train + augmented, as_items(dev_qa, dev_mc, "dev "), semantic)
     stats_table(train, qa, mc)
     for p in problems:
         print(f"error: {p}")
     for p in leaks:
         print(f"contamination: {p}")
-    print(f"{len(problems)} data errors, {len(leaks)} contaminated held-out items "
-          f"({len(train)} training, {len(qa)} QA, {len(mc)} MC)")
+    extra = (f", {len(augmented)} augmented" if augmented else "") + \
+            (f", dev {len(dev_qa)} QA + {len(dev_mc)} MC" if dev_dir else "")
+    print(f"{len(problems)} data errors, {len(leaks)} contamination findings "
+          f"({len(train)} training{extra}, {len(qa)} QA, {len(mc)} MC held-out)")
     return 1 if problems or leaks else 0

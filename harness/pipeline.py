@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness import OFFLINE_ENV
 from harness.config import ExperimentConfig, to_dict
-from harness.data import load_training_set
+from harness.data import experiment_rows
 from harness.io import write_json_atomic
 from harness.models import prepare
 from harness.records import base_record, now_iso, record_path, write_record
@@ -47,7 +47,7 @@ def train_system(cfg: ExperimentConfig, config_path: str | None, overrides: list
 
 def check_and_prepare(cfg: ExperimentConfig):
     """Fail fast on bad training data (before anything is written), then the prepared base model."""
-    load_training_set(cfg.data.train_path)
+    experiment_rows(cfg.data, cfg.train.seed)
     return prepare(cfg.model.name, cfg.model.cache_dir)
 
 
