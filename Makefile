@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.musicprod-installed
 
-.PHONY: run test install system-deps bench-train clean
+.PHONY: run test install system-deps alloc-deps bench-train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) alloc-deps
 	$(BIN)/musicprod run
+
+# tcmalloc for the training processes (+79 % tokens/s over glibc malloc on 2 cores, see trainers/launch.py);
+# without it (not root, no apt) training falls back to tuned glibc malloc.
+alloc-deps:
+	@if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; \
+	  else echo "libtcmalloc-minimal4 missing and not root: training uses glibc malloc (slower)"; fi; fi
 
 # Debian's Chromium (+ driver) for the report screenshot and rating-UI browser tests; those tests skip without it.
 system-deps:
@@ -29,10 +37,10 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium/chromedriver missing and not root: browser tests will be skipped"; fi; fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps alloc-deps
 	$(BIN)/python -m pytest -q tests
 
-bench-train: $(STAMP)
+bench-train: $(STAMP) alloc-deps
 	$(BIN)/musicprod bench train
 
 clean:

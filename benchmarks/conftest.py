@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import set_offline_env
+from harness.layout import champion_path as champion_file, eval_summary_path
 
 REPO = Path(__file__).resolve().parent.parent
 set_offline_env()
@@ -26,7 +27,7 @@ def _chosen_experiment() -> Path | None:
         if not path.is_dir():
             raise pytest.UsageError(f"MUSICPROD_EXPERIMENT={wanted!r}: no such experiment folder")
         return path
-    evaluated = [p for p in _experiments() if (p / "eval" / "summary.json").exists()]
+    evaluated = [p for p in _experiments() if eval_summary_path(p).exists()]
     return (evaluated or _experiments() or [None])[-1]
 
 
@@ -39,7 +40,7 @@ def gate_data(tmp_path_factory) -> dict:
     if experiment is None:
         return {"experiment": None, "summary": None, "champion": None,
                 "note": "no experiment under runs/ (run `musicprod run` first)"}
-    summary_path = experiment / "eval" / "summary.json"
+    summary_path = eval_summary_path(experiment)
     note = f"experiment {experiment.name}"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -54,6 +55,5 @@ def gate_data(tmp_path_factory) -> dict:
         note += f" (no evaluation found: small evaluation of {SMALL_EVAL_LIMIT} items per task)"
     if summary.get("limit"):
         note += f"; evaluated on the first {summary['limit']} items per task only"
-    champion_path = experiment / "champion.json"
-    champion = json.loads(champion_path.read_text()) if champion_path.exists() else None
+    champion = json.loads(champion_file(experiment).read_text()) if champion_file(experiment).exists() else None
     return {"experiment": experiment, "summary": summary, "champion": champion, "note": note}

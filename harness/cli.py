@@ -41,7 +41,8 @@ def cmd_run(ns) -> int:
 def distributed_overrides(ns) -> list[str]:
     """`--launcher/--num-processes/--accelerate-config` are the distributed.* keys (the same as in a YAML)."""
     flags = {"launcher": ns.launcher, "num_processes": ns.num_processes, "accelerate_config": ns.accelerate_config}
-    return [f"distributed.{key}={value}" for key, value in flags.items() if value is not None]
+    return [f"distributed.{key}={value}" for key, value in flags.items() if value is not None] + \
+        (["train.resume=true"] if getattr(ns, "resume", False) else [])
 
 
 def cmd_train(ns) -> int:
@@ -86,16 +87,17 @@ def cmd_data(ns) -> int:
 
 def cmd_eval(ns) -> int:
     from harness.evaluate import EvalError, format_summary, run_eval
+    from harness.layout import eval_dir
     experiment_dir = resolve_experiment(ns.experiment)
-    cfg = experiment_config(experiment_dir, ns.overrides)
+    cfg = experiment_config(experiment_dir, ns.overrides + ([f"eval.split={ns.split}"] if ns.split else []))
     try:
         summary = run_eval(experiment_dir, cfg.eval, only=ns.only.split(",") if ns.only else None)
     except EvalError as e:
         print(f"musicprod eval: error: {e}", file=sys.stderr)
         return 2
-    print("\n=== held-out evaluation (95 % bootstrap CIs) ===")
+    print(f"\n=== {cfg.eval.split} evaluation (95 % bootstrap CIs) ===")
     print(format_summary(summary))
-    print(f"results: {experiment_dir}/eval/  ({summary['wall_s']:.0f} s)")
+    print(f"results: {eval_dir(experiment_dir, cfg.eval.split)}/  ({summary['wall_s']:.0f} s)")
     return 0
 
 
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-processes", type=int, metavar="N", help="= distributed.num_processes: DDP/FSDP ranks")
     t.add_argument("--accelerate-config", metavar="YAML",
                    help="= distributed.accelerate_config (default auto; configs/accelerate/fsdp.yaml for FSDP)")
+    t.add_argument("--resume", action="store_true", help="= train.resume=true: continue from the newest checkpoint")
     t.set_defaults(func=cmd_train)
     m = sub.add_parser("model", help="base models: list | prepare NAME")
     m.add_argument("action", choices=["list", "prepare"])
@@ -231,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate the base model and every adapter of an experiment (lm-eval)")
     e.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
     e.add_argument("overrides", nargs="*", help="key=value, e.g. eval.limit=20 eval.batch_size=8")
-    e.add_argument("--only", default=None, help="comma-separated targets to (re)evaluate, e.g. base,hf-lora")
+    e.add_argument("--only", default=None, help="comma-separated targets to (re)evaluate, e.g. base,hf-lora,lookup; "
+                                               "SYSTEM@STEP evaluates a saved checkpoint (train.save_steps)")
+    e.add_argument("--split", choices=["heldout", "dev"], default=None,
+                   help="question set (= eval.split): dev to choose recipes and checkpoints, heldout once at the end")
     e.set_defaults(func=cmd_eval)
     j = sub.add_parser("judge", help="LLM judge: G-Eval rubric scores, pairwise, reliability of saved generations")
     j.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")

@@ -238,6 +238,16 @@ def stats_table(train, qa, mc) -> str:
     return console.export_text()
 
 
+def coverage_lines(train: list[dict], question_sets: list[tuple[str, list[dict]]]) -> None:
+    """How much of each question set's key facts the training text states (cached: harness.coverage)."""
+    from harness.coverage import coverage_stats, fact_coverage
+    for name, qa in question_sets:
+        if qa:
+            c = coverage_stats(fact_coverage(train, qa))
+            print(f"{name} key facts stated in some training response: {c['stated_share']:.0%} "
+                  f"({c['facts']} facts); in the nearest training item: {c['in_nearest_share']:.0%}")
+
+
 def load_benchmark(bench_dir: str | Path) -> tuple[list[dict], list[dict]]:
     bench = Path(bench_dir)
     return load_qa(bench / "qa.json"), load_mc(bench / "mc.json")
@@ -268,6 +278,7 @@ def run_check(train_path: str, benchmark_dir: str, semantic: bool = True, augmen
         leaks += contamination(held_as_train, as_items(dev_qa, dev_mc, "dev "), semantic)
         leaks += contamination(train + augmented, as_items(dev_qa, dev_mc, "dev "), semantic)
     stats_table(train, qa, mc)
+    coverage_lines(train + augmented, [("held-out", qa), ("dev", dev_qa)])
     for p in problems:
         print(f"error: {p}")
     for p in leaks:

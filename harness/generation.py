@@ -11,10 +11,28 @@ from __future__ import annotations
 import torch
 
 
+def penalize_repeats(logits: torch.Tensor, answers: torch.Tensor, repetition_penalty: float = 1.0,
+                     no_repeat_ngram_size: int = 0) -> torch.Tensor:
+    """Repetition control over the answer so far: transformers' own logits processors, applied to the generated
+    tokens only ([B, n]), not to the prompt, so a row's penalties never depend on its left padding or on which
+    rows share its batch. The evaluation and the server both decode through this, so what is served is what
+    was measured."""
+    if answers.shape[1] == 0 or (repetition_penalty == 1.0 and not no_repeat_ngram_size):
+        return logits
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+    if repetition_penalty != 1.0:
+        logits = RepetitionPenaltyLogitsProcessor(repetition_penalty)(answers, logits)
+    if no_repeat_ngram_size:
+        logits = NoRepeatNGramLogitsProcessor(no_repeat_ngram_size)(answers, logits)
+    return logits
+
+
 def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                    stop_ids: set[int], fill_id: int) -> torch.Tensor:
+                    stop_ids: set[int], fill_id: int, repetition_penalty: float = 1.0,
+                    no_repeat_ngram_size: int = 0) -> torch.Tensor:
     """Left-padded prompts [B, T] -> [B, T + max_new_tokens]: prompt, greedy tokens up to and including a stop
-    token, then fill_id. Same tokens as `model.generate(do_sample=False)` with those stop tokens as eos."""
+    token, then fill_id. Same tokens as `model.generate(do_sample=False)` with those stop tokens as eos (and,
+    with repetition control, the same processors applied to the answer tokens: `penalize_repeats`)."""
     from transformers import DynamicCache
     batch, width = input_ids.shape
     out = torch.full((batch, width + max_new_tokens), fill_id, dtype=input_ids.dtype, device=input_ids.device)
@@ -31,7 +49,8 @@ def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                        use_cache=True, logits_to_keep=1).logits[:, -1, :]
         next_pos = positions[:, -1:] + 1
         for step in range(max_new_tokens):
-            tokens = logits.argmax(-1)
+            answers = out[rows, width:width + step]
+            tokens = penalize_repeats(logits.float(), answers, repetition_penalty, no_repeat_ngram_size).argmax(-1)
             out[rows, width + step] = tokens
             live = ~torch.isin(tokens, stops)
             if step == max_new_tokens - 1 or not live.any():

@@ -76,6 +76,11 @@ def read_jsonl(path: str | Path, required_strings: tuple[str, ...] = (), error: 
     return rows
 
 
+def cache_dir(kind: str) -> Path:
+    """A folder under the musicprod cache ($MUSICPROD_CACHE, default ~/.cache/musicprod): eval-cache, coverage."""
+    return Path(os.path.expanduser(os.environ.get("MUSICPROD_CACHE", "~/.cache/musicprod"))) / kind
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

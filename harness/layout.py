@@ -4,9 +4,13 @@
       experiment.json                 stage wall times, per-system status (harness.pipeline)
       <system>/run.json               run record of one trained system (harness.records)
       <system>/adapter/               its LoRA adapter (PEFT format)
-      eval/summary.json               aggregated quality: metrics with 95 % bootstrap CIs, breakdowns by
-                                      language and topic, paired deltas with p-values (harness.evaluate)
-      eval/<target>/results.json      lm-eval results for one target ("base" or a system name)
+      <system>/trainer/checkpoint-<N>/ resumable checkpoint (adapter or weights, optimizer, RNG) at step N
+      eval/summary.json               aggregated quality on the held-out: metrics with 95 % bootstrap CIs,
+                                      breakdowns by language, topic and key-fact coverage, paired deltas with
+                                      p-values (harness.evaluate)
+      eval-dev/...                    the same for the dev set (`musicprod eval --split dev`)
+      eval/<target>/results.json      lm-eval results for one target: "base", a system, "<system>@<step>" (a
+                                      checkpoint) or "lookup" (the nearest training answer, a reference)
       eval/<target>/samples_<task>.jsonl   lm-eval per-sample logs
       eval/<target>/generations.jsonl one QA item per line: id, lang, topic, difficulty, question, reference,
                                       key_facts, answer, metrics{rougeL, bleu, chrf, key_fact_recall, semscore}
@@ -23,26 +27,53 @@ from pathlib import Path
 from harness.config import ConfigError
 
 BASE_TARGET = "base"  # evaluation target name of the un-adapted base model
+LOOKUP_TARGET = "lookup"  # the nearest-training-answer reference: not a model, never a champion
+REFERENCE_TARGETS = (BASE_TARGET, LOOKUP_TARGET)
+SPLITS = {"heldout": "eval", "dev": "eval-dev"}  # question set -> folder inside the experiment
+GENERATIONS_FILE = "generations.jsonl"
+MC_ITEMS_FILE = "mc.jsonl"
+RESULTS_FILE = "results.json"
 
 
-def eval_dir(experiment_dir: str | Path) -> Path:
-    return Path(experiment_dir) / "eval"
+def eval_dir(experiment_dir: str | Path, split: str = "heldout") -> Path:
+    return Path(experiment_dir) / SPLITS[split]
 
 
-def eval_summary_path(experiment_dir: str | Path) -> Path:
-    return eval_dir(experiment_dir) / "summary.json"
+def eval_summary_path(experiment_dir: str | Path, split: str = "heldout") -> Path:
+    return eval_dir(experiment_dir, split) / "summary.json"
 
 
-def target_dir(experiment_dir: str | Path, target: str) -> Path:
-    return eval_dir(experiment_dir) / target
+def target_dir(experiment_dir: str | Path, target: str, split: str = "heldout") -> Path:
+    return eval_dir(experiment_dir, split) / target
 
 
-def generations_path(experiment_dir: str | Path, target: str) -> Path:
-    return target_dir(experiment_dir, target) / "generations.jsonl"
+def generations_path(experiment_dir: str | Path, target: str, split: str = "heldout") -> Path:
+    return target_dir(experiment_dir, target, split) / GENERATIONS_FILE
 
 
-def mc_items_path(experiment_dir: str | Path, target: str) -> Path:
-    return target_dir(experiment_dir, target) / "mc.jsonl"
+def mc_items_path(experiment_dir: str | Path, target: str, split: str = "heldout") -> Path:
+    return target_dir(experiment_dir, target, split) / MC_ITEMS_FILE
+
+
+def trainer_dir(experiment_dir: str | Path, system: str) -> Path:
+    return Path(experiment_dir) / system / "trainer"
+
+
+def checkpoint_dir(experiment_dir: str | Path, system: str, step: int) -> Path:
+    return trainer_dir(experiment_dir, system) / f"checkpoint-{step}"
+
+
+def split_target(target: str) -> tuple[str, int | None]:
+    """"hf-lora@120" -> ("hf-lora", 120); "hf-lora" -> ("hf-lora", None)."""
+    system, _, step = target.partition("@")
+    if step and not step.isdigit():
+        raise ConfigError(f"target {target!r}: expected SYSTEM@STEP with an integer step")
+    return system, int(step) if step else None
+
+
+def is_system_target(target: str) -> bool:
+    """A trained system's final adapter (not the base, the lookup reference or a checkpoint)."""
+    return target not in REFERENCE_TARGETS and "@" not in target
 
 
 def adapter_dir(experiment_dir: str | Path, system: str) -> Path:

@@ -103,6 +103,9 @@ def load_for_inference(base_path: str, adapter_path: str | None, dtype: str, mer
     when `merge` (else left attached as a PeftModel)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if adapter_path and not (Path(adapter_path) / "adapter_config.json").exists() \
+            and (Path(adapter_path) / "config.json").exists():
+        base_path, adapter_path = adapter_path, None  # full fine-tuned weights (hf-full, or one of its checkpoints)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
     if adapter_path:

@@ -15,7 +15,7 @@ from harness.io import write_json_atomic
 from harness.models import prepare
 from harness.records import base_record, now_iso, record_path, write_record
 from harness.registry import get_system
-from trainers.launch import worker_command
+from trainers.launch import allocator_env, worker_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,8 @@ def train_system(cfg: ExperimentConfig, config_path: str | None, overrides: list
     cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=cfg.experiment_dir, delete=False) as f:
         json.dump(spec, f)
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **OFFLINE_ENV, **allocator_env(os.environ),
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     try:
         # python -m trainers.worker, or accelerate launch ... -m trainers.worker (DDP/FSDP; only rank 0 writes)

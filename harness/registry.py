@@ -65,14 +65,29 @@ class System:
     quantized: bool
     needs_cuda: bool
     description: str
+    trainer: str  # module whose train(cfg, system, model_path, out_dir) the worker runs
+    adapter: bool = True  # False: full fine-tuning (all weights train; the "adapter" folder is a whole model)
+    counterpart: str | None = None  # the system of the other stack it is compared with, like for like
+    default: bool = True  # in an experiment's systems unless the config lists them
 
 
 SYSTEMS = [
-    System("hf-lora", "hf", False, False, "TRL SFTTrainer + PEFT LoRA on full-precision (bf16) weights"),
-    System("hf-qlora", "hf", True, False, "TRL SFTTrainer + PEFT LoRA on a bitsandbytes 4-bit base"),
-    System("unsloth-lora", "unsloth", False, True, "Unsloth FastLanguageModel LoRA (16-bit base)"),
-    System("unsloth-qlora", "unsloth", True, True, "Unsloth FastLanguageModel LoRA on a 4-bit base"),
+    System("hf-lora", "hf", False, False, "TRL SFTTrainer + PEFT LoRA on full-precision (bf16) weights",
+           "trainers.hf", counterpart="unsloth-lora"),
+    System("hf-qlora", "hf", True, False, "TRL SFTTrainer + PEFT LoRA on a bitsandbytes 4-bit base",
+           "trainers.hf", counterpart="unsloth-qlora"),
+    System("unsloth-lora", "unsloth", False, True, "Unsloth FastLanguageModel LoRA (16-bit base)",
+           "trainers.unsloth_sut", counterpart="hf-lora"),
+    System("unsloth-qlora", "unsloth", True, True, "Unsloth FastLanguageModel LoRA on a 4-bit base",
+           "trainers.unsloth_sut", counterpart="hf-qlora"),
+    System("hf-full", "hf", False, False, "TRL SFTTrainer, full fine-tuning of every weight (fp32 master weights, "
+           "bf16 autocast): the reference for what PEFT gives up", "trainers.hf", adapter=False, default=False),
 ]
+SYSTEM_NAMES = tuple(s.name for s in SYSTEMS)
+DEFAULT_SYSTEMS = [s.name for s in SYSTEMS if s.default]
+# (quantized, full-precision) pairs whose quality gap the gates bound: derived, not re-listed
+QLORA_PAIRS = [(s.name, next(b.name for b in SYSTEMS if b.framework == s.framework and b.adapter and not b.quantized))
+               for s in SYSTEMS if s.quantized]
 
 
 def get_base_model(name: str) -> BaseModel | None:

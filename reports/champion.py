@@ -136,6 +136,8 @@ def decide(exp: Experiment) -> dict:
         "vs_base": vs_base,
         "tied": tied if len(tied) > 1 else [],
         "judge_used": judge[0] if judge else None,
+        # How the champion's answers were generated when they were measured: the server's defaults.
+        "decoding": (exp.eval or {}).get("decoding"),
         "decisions": decisions,
         "evaluated": exp.eval is not None,
         "rule": RULE,

@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parent.parent
 set_offline_env()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Eval and coverage caches of the test session live in a temp folder, never in the user's cache."""
+    os.environ["MUSICPROD_CACHE"] = str(tmp_path_factory.mktemp("musicprod-cache"))
+
+
 def make_rows(n: int = 24) -> list[dict]:
     topics = ["mixing", "mastering", "ableton"]
     return [{"id": f"t-{i:03d}", "lang": "de" if i % 4 == 0 else "en", "topic": topics[i % 3],

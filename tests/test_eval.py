@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config import EvalSettings
+from harness.config import DecodingSettings, EvalSettings
 from harness.metrics import UnicodeWordTokenizer, bleu, chrf, key_fact_recall, qa_scores, rouge_l, semscore
 from harness.stats import mean_ci, paired_delta
 
@@ -126,9 +126,10 @@ def tiny_experiment(tmp_path_factory, tiny_model_dir):
 
 def test_eval_writes_items_summary_and_paired_tests(tiny_experiment):
     from harness.evaluate import run_eval
-    settings = EvalSettings(batch_size=3, max_gen_toks=8, limit=3, dtype="float32", bootstrap_resamples=500)
+    settings = EvalSettings(batch_size=3, decoding=DecodingSettings(max_new_tokens=8), limit=3, dtype="float32",
+                            bootstrap_resamples=500)
     summary = run_eval(tiny_experiment, settings)
-    assert set(summary["targets"]) == {"base", "hf-lora"}
+    assert set(summary["targets"]) == {"base", "hf-lora", "lookup"}
     assert summary["n_items"] == {"qa": 3, "mc": 3} and summary["limit"] == 3
     assert "needs CUDA" in summary["skipped"]["unsloth-lora"]
     qa = summary["targets"]["hf-lora"]["metrics"]["qa"]

@@ -16,7 +16,7 @@ REQUIRED = ["system", "status", "base_model", "config", "data", "versions", "git
 
 def run(tmp_path, system, model_dir, dataset, *extra):
     overrides = [f"runs_dir={tmp_path / 'runs'}", "name=t", f"data.train_path={dataset}", "train.max_steps=3",
-                 "train.logging_steps=1", "train.batch_size=4", "data.validation_fraction=0.2", *extra]
+                 "train.logging_steps=1", "train.batch_size=4", "data.validation_fraction=0.2", "train.compile=false", *extra]
     cfg = load_config(None, overrides)
     model = ResolvedModel("tiny", str(model_dir), "0" * 64, {})
     return train_system(cfg, None, overrides, system, model)

@@ -37,12 +37,15 @@ def hf_settings(cfg, system_name, model_dir, out_dir) -> dict:
     from transformers import AutoTokenizer
     from trainers import common, hf
     system = get_system(system_name)
+    runtime = common.planned_runtime(cfg, cuda=False)
     model = get_peft_model(hf.load_model(str(model_dir), cfg, system.quantized, cuda=False), hf.lora_config(cfg))
+    model = common.apply_runtime(model, runtime)
     train_ds, _, _ = common.load_splits(cfg)
-    trainer = common.counting_trainer_class()(model=model, args=common.sft_config(cfg, out_dir, use_cpu=True),
-                                              train_dataset=train_ds,
-                                              processing_class=AutoTokenizer.from_pretrained(model_dir))
-    return {"effective_settings": common.effective_settings(trainer.args, common.model_lora_settings(model)),
+    trainer = common.sft_trainer_class()(model=model, args=common.sft_config(cfg, out_dir, use_cpu=True),
+                                         train_dataset=train_ds,
+                                         processing_class=AutoTokenizer.from_pretrained(model_dir))
+    return {"effective_settings": common.effective_settings(trainer.args, common.model_lora_settings(model),
+                                                            common.runtime_settings(model, runtime)),
             "model_loading": common.model_load_settings(model)}
 
 

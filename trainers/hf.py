@@ -1,6 +1,7 @@
 """Systems hf-lora and hf-qlora: TRL SFTTrainer + PEFT, optionally on a bitsandbytes 4-bit base."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def lora_config(cfg) -> LoraConfig:
                       target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def load_model(model_path: str, cfg, quantized: bool, cuda: bool):
-    dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
+def load_model(model_path: str, cfg, quantized: bool, cuda: bool, master_fp32: bool = False):
+    # Full fine-tuning keeps fp32 master weights (bf16 compute under autocast): a bf16 weight cannot take an
+    # update smaller than 1/256 of itself, which at fine-tuning rates is most of them.
+    dtype = torch.bfloat16 if cfg.train.bf16 and not master_fp32 else torch.float32
     kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quantized:
         kwargs["quantization_config"] = bnb_config(cfg)
@@ -48,7 +51,12 @@ def train(cfg, system, model_path: str, out_dir: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    base = load_model(model_path, cfg, system.quantized, cuda)
+    base = load_model(model_path, cfg, system.quantized, cuda, master_fp32=not system.adapter)
     set_seed(cfg.train.seed)  # LoRA's random init: the same on every rank, and across runs and launchers
-    model = get_peft_model(base, lora_config(cfg))
-    return common.fit(cfg, model, tokenizer, out_dir, use_cpu=not cuda)
+    if system.adapter:
+        model = get_peft_model(base, lora_config(cfg))
+    else:  # hf-full: every weight trains, at the full fine-tuning rate
+        model = base
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=cfg.train.full_learning_rate))
+    runtime = common.planned_runtime(cfg, cuda)
+    return common.fit(cfg, common.apply_runtime(model, runtime), tokenizer, out_dir, use_cpu=not cuda, runtime=runtime)

@@ -16,6 +16,26 @@ SINGLE_GPU_REASON = ("Unsloth's open-source build trains on a single GPU; distri
                      "so this system is skipped (use an hf-* system for DDP/FSDP)")
 
 
+TCMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+                      "/usr/lib/libtcmalloc_minimal.so.4", "/usr/local/lib/libtcmalloc_minimal.so.4")
+# glibc returns large freed blocks to the OS and faults them back in on the next step: a training step frees and
+# re-allocates the same activation sizes every time. Keeping them mapped is glibc's own knob.
+GLIBC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "34359738368", "MALLOC_TRIM_THRESHOLD_": "34359738368",
+                "MALLOC_TOP_PAD_": "1073741824"}
+
+
+def allocator_env(environ: dict) -> dict:
+    """Environment for a training process: tcmalloc preloaded where installed (Debian libtcmalloc-minimal4;
+    `make` installs it as root), else glibc kept from unmapping freed activations. Measured on 2 cores, same
+    process otherwise: glibc 256, glibc tuned 317, jemalloc 294, tcmalloc 458 tokens/s.
+    MUSICPROD_ALLOCATOR=glibc keeps the plain default."""
+    choice = environ.get("MUSICPROD_ALLOCATOR", "auto")
+    if choice == "glibc" or "LD_PRELOAD" in environ:
+        return {}
+    found = next((p for p in TCMALLOC_CANDIDATES if Path(p).exists()), None)
+    return {"LD_PRELOAD": found} if found else dict(GLIBC_TUNING)
+
+
 def cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()

@@ -67,7 +67,8 @@ def planned_settings(cfg, system, out_dir: str | Path) -> dict:
     load = loader_kwargs(cfg, system, "unused")
     args = common.sft_config(cfg, Path(out_dir) / "trainer", use_cpu=not cuda_available())
     lora = common.lora_settings(peft["r"], peft["lora_alpha"], peft["lora_dropout"], peft["target_modules"])
-    return {"effective_settings": common.effective_settings(args, lora),
+    runtime = common.planned_runtime(cfg, cuda_available())
+    return {"effective_settings": common.effective_settings(args, lora, runtime),
             "model_loading": {"dtype": dtype_name(cfg),
                               "quantization": common.quantization_settings(load.get("quantization_config"))}}
 
@@ -95,4 +96,7 @@ def train(cfg, system, model_path: str, out_dir: Path) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = FastLanguageModel.get_peft_model(model, **peft_kwargs(cfg))
-    return common.fit(cfg, model, tokenizer, out_dir, use_cpu=not cuda_available())
+    # The HF systems' speed settings, resolved for this device (on CUDA: fp32 adapters, no torch.compile, which
+    # is what Unsloth's own defaults are compared against); the record reads the adapter dtype off the model.
+    runtime = common.planned_runtime(cfg, cuda_available())
+    return common.fit(cfg, model, tokenizer, out_dir, use_cpu=not cuda_available(), runtime=runtime)

@@ -60,11 +60,8 @@ def main(spec_path: str) -> int:
         torch.set_num_threads(cfg.train.num_threads)
     start = time.perf_counter()
     try:
-        if system.framework == "unsloth":
-            from trainers import unsloth_sut as impl
-        else:
-            from trainers import hf as impl
-        figures = impl.train(cfg, system, spec["model"]["path"], out_dir)
+        import importlib
+        figures = importlib.import_module(system.trainer).train(cfg, system, spec["model"]["path"], out_dir)
         record.update(figures, status="ok", adapter_path=str(out_dir / "adapter"))
         code = 0
     except Exception as e:  # the record says what broke; the parent reports it

@@ -1,6 +1,7 @@
-"""Merge writers' augmentation shards (JSONL) into data/music_production_augmented.json.
+"""Merge writers' files into the landed data: augmentation shards, and the dev set.
 
-    python data/merge_augmented.py SHARD.jsonl [SHARD.jsonl ...]
+    python data/merge.py augmented SHARD.jsonl [SHARD.jsonl ...]   -> data/music_production_augmented.json
+    python data/merge.py dev QA.json MC.json                      -> benchmarks/musicprod/data/dev/{qa,mc}.json
 
 Each shard line is {id, augmented_from, style, instruction, response}; the merge copies lang, topic, subtopic,
 difficulty and source_type from the seed item, drops every augmentation that overlaps the held-out benchmark
@@ -22,6 +23,8 @@ from harness.io import read_jsonl, write_json_atomic  # noqa: E402
 
 SEED = REPO / "data" / "music_production_dataset.json"
 OUT = REPO / "data" / "music_production_augmented.json"
+HELDOUT = REPO / "benchmarks" / "musicprod" / "data"
+DEV = HELDOUT / "dev"
 COPIED = ("lang", "topic", "subtopic", "difficulty", "source_type")
 
 
@@ -34,7 +37,7 @@ def merge(shards: list[str]) -> list[dict]:
             rows.append({"id": r["id"], **{k: source[k] for k in COPIED if k in source}, "style": r["style"],
                          "augmented_from": r["augmented_from"], "instruction": r["instruction"].strip(),
                          "response": r["response"].strip()})
-    qa, mc = load_benchmark(REPO / "benchmarks" / "musicprod" / "data")
+    qa, mc = load_benchmark(HELDOUT)
     dropped = contaminating_ids(rows, as_items(qa, mc), semantic=True)
     seen = {" ".join(r["instruction"].lower().split()) for r in seed.values()}
     kept, duplicates = [], 0
@@ -49,7 +52,34 @@ def merge(shards: list[str]) -> list[dict]:
     return sorted(kept, key=lambda r: r["id"])
 
 
+def merge_dev(qa_path: str, mc_path: str) -> None:
+    """Dev items that overlap the held-out (a choice made on dev would see it) or the training text (seed and
+    augmentations: dev would flatter a recipe that memorised one phrasing) are dropped, by the data check's test."""
+    from harness.data import load_augmented_set
+    from harness.datacheck import heldout_text, load_mc, load_qa
+    qa, mc = load_qa(Path(qa_path)), load_mc(Path(mc_path))
+    held_qa, held_mc = load_benchmark(HELDOUT)
+    held_as_train = [{"id": r["id"], "instruction": r["question"], "response": heldout_text(r)}
+                     for _, r in as_items(held_qa, held_mc)]
+    train = load_training_set(SEED) + load_augmented_set(OUT)
+    dev_items = as_items(qa, mc)
+    from harness.datacheck import overlaps
+    dropped = {r["id"] for _, r, _, _ in overlaps(held_as_train, dev_items, semantic=True)}
+    dropped |= {r["id"] for _, r, _, _ in overlaps(train, dev_items, semantic=True)}
+    keep = lambda rows: [r for r in rows if r["id"] not in dropped]
+    write_json_atomic(DEV / "qa.json", keep(qa))
+    write_json_atomic(DEV / "mc.json", keep(mc))
+    print(f"dev: {len(qa)} QA + {len(mc)} MC written, {len(dropped)} dropped as overlapping the held-out or training "
+          f"({sorted(dropped)}); kept {len(keep(qa))} QA + {len(keep(mc))} MC")
+
+
 if __name__ == "__main__":
     set_offline_env()
-    write_json_atomic(OUT, merge(sys.argv[1:]))
-    print(f"wrote {OUT}")
+    command, paths = sys.argv[1], sys.argv[2:]
+    if command == "augmented":
+        write_json_atomic(OUT, merge(paths))
+        print(f"wrote {OUT}")
+    elif command == "dev":
+        merge_dev(*paths)
+    else:
+        raise SystemExit(__doc__)
