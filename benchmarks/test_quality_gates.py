@@ -11,6 +11,7 @@ import pytest
 
 from harness.layout import BASE_TARGET, is_system_target
 from harness.registry import QLORA_PAIRS
+from harness.stats import verdict
 
 REPO = Path(__file__).resolve().parent.parent
 # QLoRA may trail LoRA by at most 5 points (CI lower bound) ...
@@ -66,7 +67,8 @@ def test_champion_beats_base(gate_data, task, metric):
     system = _champion_system(gate_data)
     p = _required_pair(gate_data["summary"], system, BASE_TARGET, task, metric, gate_data["note"])
     print(f"{gate_data['note']}: {task}.{metric} {_fmt(p)}")
-    assert p["ci_low"] > 0, f"{system} does not beat the base model on {task}.{metric}: {_fmt(p)} ({gate_data['note']})"
+    assert verdict(p) == 1, (f"{system} does not beat the base model on {task}.{metric} (needs 95 % CI above 0 and "
+                             f"sign-flip p < 0.05): {_fmt(p)} ({gate_data['note']})")
 
 
 @pytest.mark.parametrize("qlora,lora", QLORA_PAIRS, ids=[q for q, _ in QLORA_PAIRS])
@@ -78,7 +80,7 @@ def test_qlora_not_worse_than_lora(gate_data, qlora, lora, task, metric):
         reasons = "; ".join(f"{s}: {summary.get('skipped', {}).get(s, 'not in this experiment')}" for s in missing)
         pytest.skip(f"{gate_data['note']}: {reasons}")
     gain = _paired(summary, lora, BASE_TARGET, task, metric)
-    if gain is None or gain.get("ci_low") is None or gain["ci_low"] <= 0:
+    if gain is None or gain.get("ci_low") is None or verdict(gain) != 1:
         pytest.skip(f"{gate_data['note']}: {lora} does not beat the base model on {task}.{metric}, so there is no "
                     f"gain for {qlora} to keep" + (f" ({_fmt(gain)})" if gain and gain.get("ci_low") is not None else ""))
     p = _required_pair(summary, qlora, lora, task, metric, gate_data["note"])

@@ -327,9 +327,9 @@ def _shape_overrides(text: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from harness.cli import _split_config_args
+    from harness.config import split_config_args
     args = parser().parse_args(argv)
-    config_path, overrides = _split_config_args(args.args)
+    config_path, overrides = split_config_args(args.args)
     cfg = load_config(config_path, overrides)
     runs = plan(args, cfg)
     if args.dry_run:

@@ -7,26 +7,15 @@ import sys
 from pathlib import Path
 
 from harness import set_offline_env
-from harness.config import ConfigError, describe, experiment_config, load_config, to_dict
+from harness.config import ConfigError, describe, experiment_config, load_config, split_config_args, to_dict
 from harness.data import DatasetError
 from harness.layout import resolve_experiment
 from harness.models import ModelError
 
 
-def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG] [key=value ...]`: a first argument without '=' is the experiment YAML (path or configs/NAME)."""
-    if not args or "=" in args[0]:
-        default = Path("configs/default.yaml")
-        return (str(default) if default.exists() else None), list(args)
-    path = Path(args[0])
-    if not path.exists() and (Path("configs") / f"{args[0]}.yaml").exists():
-        path = Path("configs") / f"{args[0]}.yaml"
-    return str(path), args[1:]
-
-
 def cmd_run(ns) -> int:
     from harness.pipeline import run_experiment
-    config_path, overrides = _split_config_args(ns.args)
+    config_path, overrides = split_config_args(ns.args)
     cfg = load_config(config_path, overrides)
     summary = run_experiment(cfg, config_path, overrides)
     print("\n=== summary ===")
@@ -47,7 +36,7 @@ def distributed_overrides(ns) -> list[str]:
 
 def cmd_train(ns) -> int:
     from harness.pipeline import check_and_prepare, train_system
-    config_path, overrides = _split_config_args(ns.args)
+    config_path, overrides = split_config_args(ns.args)
     overrides += distributed_overrides(ns)
     cfg = load_config(config_path, overrides)
     model = check_and_prepare(cfg)
@@ -74,7 +63,7 @@ def cmd_config(ns) -> int:
         for key, default, help_text in describe():
             print(f"{key:32s} {default:28s} {help_text}")
         return 0
-    config_path, overrides = _split_config_args(ns.args)
+    config_path, overrides = split_config_args(ns.args)
     print(json.dumps(to_dict(load_config(config_path, overrides)), indent=2))
     return 0
 
@@ -126,6 +115,8 @@ def cmd_judge(ns) -> int:
 BENCH_USAGE = {
     "train": "musicprod bench train [CONFIG.yaml] [key=value ...]: hf-lora and hf-qlora, 12 steps, tokens/s and memory",
     "eval": "musicprod bench eval [EXPERIMENT] [SYSTEM] [eval.key=value ...]: full held-out, merged vs attached adapter",
+    "recipe": "musicprod bench recipe [CONFIG.yaml] name=NAME systems=[SYSTEM] [key=value ...] [--checkpoints K]: train "
+              "with K checkpoints, evaluate each on the dev set, append rows to benchmarks/results/recipe/sweep.jsonl",
 }
 
 
@@ -245,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
     j.set_defaults(func=cmd_judge)
     b = sub.add_parser("bench", help="benchmarks that print figures: train | eval | serve | gpu")
-    b.add_argument("what", choices=["train", "eval", "serve", "gpu"])
+    b.add_argument("what", choices=["train", "eval", "recipe", "serve", "gpu"])
     b.add_argument("args", nargs=argparse.REMAINDER,
                    help="train: [CONFIG.yaml] [key=value ...]; eval: [EXPERIMENT] [SYSTEM] [key=value ...]; "
                         "serve, gpu: see `musicprod bench serve --help`, `musicprod bench gpu --help`")

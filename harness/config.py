@@ -333,3 +333,14 @@ def describe(cls=ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str
         else:
             rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
     return rows
+
+
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]`: a first argument without '=' is the experiment YAML (path or configs/NAME)."""
+    if not args or "=" in args[0]:
+        default = Path("configs/default.yaml")
+        return (str(default) if default.exists() else None), list(args)
+    path = Path(args[0])
+    if not path.exists() and (Path("configs") / f"{args[0]}.yaml").exists():
+        path = Path("configs") / f"{args[0]}.yaml"
+    return str(path), args[1:]

@@ -10,6 +10,7 @@ from pathlib import Path
 from harness.io import write_json_atomic
 from harness.layout import BASE_TARGET, champion_path
 from harness.records import now_iso
+from harness.stats import verdict
 from reports.load import Experiment, load_experiment, reliable_judge
 
 PRIMARY = ("qa", "key_fact_recall")
@@ -17,10 +18,11 @@ SECONDARY = ("mc", "acc")
 
 RULE = (
     "Candidates are the systems whose training finished (status ok) and that have held-out evaluation results. "
-    "A candidate qualifies only if it beats the base model: its paired 95 % bootstrap CI against the base model "
-    "lies entirely above 0 on QA key-fact recall or on MC accuracy, and lies entirely below 0 on neither. "
+    "A candidate qualifies only if it beats the base model: on QA key-fact recall or on MC accuracy its paired "
+    "difference from the base model is significant and positive (95 % bootstrap CI above 0 and sign-flip "
+    "permutation p < 0.05), and on neither is it significantly negative. "
     "Among qualifying systems the one with the highest mean key-fact recall leads; a qualifying system whose "
-    "paired 95 % CI against the leader on key-fact recall includes 0 is tied with it. Ties are broken by the mean "
+    "paired difference from the leader on key-fact recall is not significant is tied with it. Ties are broken by the mean "
     "correctness score of an LLM judge that passed its reliability check (skipped when no judge is reliable), "
     "then by lower cost: shorter training wall time, then lower peak memory. If no system qualifies, the "
     "champion is the base model without an adapter. Where a paired comparison is missing from the evaluation "
@@ -54,7 +56,7 @@ def compare(exp: Experiment, a: str, b: str, task: str, name: str) -> int | None
     """+1 if a is significantly better than b, -1 if worse, 0 if not distinguishable, None if unknown."""
     p = paired(exp, a, b, task, name)
     if p is not None:
-        return 1 if p["ci_low"] > 0 else -1 if p["ci_high"] < 0 else 0
+        return verdict(p)
     sa, sb = metric(exp, a, task, name), metric(exp, b, task, name)
     if not sa or not sb or sa.get("ci_low") is None or sb.get("ci_low") is None:
         return None

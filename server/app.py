@@ -12,7 +12,7 @@ import logging
 import os
 import queue
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, Response, g, jsonify, request, stream_with_context
 from pydantic import ValidationError
@@ -25,6 +25,19 @@ from server.metrics import Metrics
 log = logging.getLogger("musicprod.server")
 
 API_KEY_ENV = "MUSICPROD_API_KEY"
+DEFAULT_SAMPLING = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def sampling_from_decoding(decoding: dict | None) -> tuple[dict, int | None]:
+    """(default sampling, default max new tokens) from an evaluation's decoding block (champion.json)."""
+    if not decoding:
+        return dict(DEFAULT_SAMPLING), None
+    sampled = bool(decoding.get("do_sample"))
+    return ({"temperature": float(decoding.get("temperature", 0.0)) if sampled else 0.0,
+             "top_p": float(decoding.get("top_p", 1.0)) if sampled else 1.0,
+             "repetition_penalty": float(decoding.get("repetition_penalty", 1.0)),
+             "no_repeat_ngram_size": int(decoding.get("no_repeat_ngram_size", 0))},
+            decoding.get("max_new_tokens") or decoding.get("max_gen_toks"))
 PROTECTED_PREFIXES = ("/generate", "/v1/")  # model endpoints; other blueprints do their own auth
 
 
@@ -32,6 +45,10 @@ PROTECTED_PREFIXES = ("/generate", "/v1/")  # model endpoints; other blueprints 
 class ServeSettings:
     max_new_tokens_cap: int = 1024  # hard cap: larger max_new_tokens / max_tokens -> 400
     default_max_new_tokens: int = 256
+    # Decoding a request gets unless it says otherwise: the champion's evaluated settings (champion.json
+    # "decoding"), else the evaluation's defaults (greedy). Keys: temperature, top_p, repetition_penalty,
+    # no_repeat_ngram_size.
+    default_sampling: dict = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
     request_timeout_s: float = 120.0  # queue wait + generation; past it -> 504
     max_body_bytes: int = 1 << 20  # larger bodies -> 413
     api_key: str | None = None  # bearer key; None = open
@@ -183,6 +200,11 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
     def _stops(stop) -> list[str]:
         return [stop] if isinstance(stop, str) else list(stop or [])
 
+    def _sampling(body) -> dict:
+        """The request's decoding knobs, each falling back to the served model's evaluated setting."""
+        return {k: default if getattr(body, k) is None else getattr(body, k)
+                for k, default in settings.default_sampling.items()}
+
     # ---- endpoints -----------------------------------------------------------------------------------------
     @app.get("/health")
     def health():
@@ -209,8 +231,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         t0 = time.perf_counter()
         body = _parse(schemas.GenerateRequest)
         messages = [m.model_dump(exclude_none=True) for m in body.messages] if body.messages else None
-        sampling = dict(temperature=body.temperature, top_p=body.top_p, stop=_stops(body.stop), seed=body.seed,
-                        ignore_eos=body.ignore_eos)
+        sampling = dict(**_sampling(body), stop=_stops(body.stop), seed=body.seed, ignore_eos=body.ignore_eos)
         max_new = body.max_new_tokens if "max_new_tokens" in body.model_fields_set else settings.default_max_new_tokens
         req = _submit(body.prompt, messages, max_new, sampling, "max_new_tokens")
         text, _, finish = _collect(req)
@@ -234,8 +255,8 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
                            "invalid_request_error", param="model", code="model_not_found")
         max_new = body.max_completion_tokens or body.max_tokens or settings.default_max_new_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        sampling = dict(temperature=body.temperature, top_p=body.top_p, stop=_stops(body.stop), seed=body.seed,
-                        logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
+        sampling = dict(**_sampling(body), stop=_stops(body.stop), seed=body.seed, logprobs=body.logprobs,
+                        top_logprobs=body.top_logprobs or 0)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         req = _submit(None, messages, max_new, sampling, param)
         completion_id = f"chatcmpl-{req.id}"

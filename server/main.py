@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from server.app import ServeSettings, create_app
+from server.app import ServeSettings, create_app, sampling_from_decoding
 from server.engine import Engine
 from server.loading import ServeError, from_adapter, from_base, from_champion, load_model, make_roots
 
@@ -23,9 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 = any free port (printed at start-up)")
     p.add_argument("--threads", type=int, default=32, help="waitress worker threads (>= expected concurrency)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    p.add_argument("--merge", default="auto", choices=["auto", "yes", "no"],
-                   help="auto: time attached vs merged LoRA at start-up and keep the faster")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
+                   help="weights dtype (default: the champion's evaluated dtype, else bfloat16)")
+    p.add_argument("--merge", default=None, choices=["auto", "yes", "no"],
+                   help="auto: time attached vs merged LoRA at start-up and keep the faster (default: as the champion "
+                        "was evaluated, else auto)")
     p.add_argument("--max-batch", type=int, default=16, help="requests generated together (1 = no batching)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for company")
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests; more -> 429")
@@ -46,6 +48,14 @@ def resolve_target(ns):
     return from_champion(ns.experiment or "default", roots, ns.cache_dir)
 
 
+def served_as_measured(target, dtype: str | None, merge: str | None) -> tuple[str, str]:
+    """Weights dtype and merge mode: the command line's, else those the champion was evaluated with."""
+    decoding = (target.champion or {}).get("decoding") or {}
+    evaluated_merge = decoding.get("merge_adapter")
+    return (dtype or decoding.get("dtype") or "bfloat16",
+            merge or ("auto" if evaluated_merge is None else "yes" if evaluated_merge else "no"))
+
+
 def serve(ns) -> int:
     from waitress.server import create_server
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,17 +68,21 @@ def serve(ns) -> int:
         import torch
         torch.set_num_threads(ns.torch_threads)
     engine = Engine(max_queue=ns.queue_size, max_batch=ns.max_batch, batch_window_ms=ns.batch_window_ms)
+    # The champion is served as it was measured: its evaluated decoding is every request's default.
+    sampling, max_new = sampling_from_decoding((target.champion or {}).get("decoding"))
     settings = ServeSettings.from_env(max_new_tokens_cap=ns.max_new_tokens_cap, request_timeout_s=ns.timeout_s,
-                                      max_body_bytes=ns.max_body_bytes,
-                                      default_max_new_tokens=min(256, ns.max_new_tokens_cap))
+                                      max_body_bytes=ns.max_body_bytes, default_sampling=sampling,
+                                      default_max_new_tokens=min(max_new or 256, ns.max_new_tokens_cap))
     app = create_app(engine, settings)
     # Listen first so /health answers and /ready reports loading; the model loads once, in the background.
     srv = create_server(app, host=ns.host, port=ns.port, threads=ns.threads, ident="musicprod",
                         # waitress' own (plain-text) 413 only for grossly oversize bodies; Flask answers the rest
                         max_request_body_size=max(4 * ns.max_body_bytes, 8 << 20))
     print(f"musicprod serve: {target.model_id} ({target.source}) listening on "
-          f"http://{ns.host}:{srv.effective_port}  auth={'bearer' if settings.api_key else 'off'}", flush=True)
-    engine.load_in_background(lambda: load_model(target, ns.dtype, ns.merge))
+          f"http://{ns.host}:{srv.effective_port}  auth={'bearer' if settings.api_key else 'off'}  "
+          f"default decoding {settings.default_sampling}, max {settings.default_max_new_tokens} tokens", flush=True)
+    dtype, merge = served_as_measured(target, ns.dtype, ns.merge)
+    engine.load_in_background(lambda: load_model(target, dtype, merge))
     try:
         srv.run()
     except KeyboardInterrupt:

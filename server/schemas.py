@@ -39,9 +39,12 @@ class GenerateRequest(BaseModel):
         "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
     prompt: str | None = Field(None, min_length=1, max_length=200_000, description="Raw prompt text.")
     messages: list[Message] | None = Field(None, min_length=1, description="Chat messages (chat template applied).")
-    max_new_tokens: Int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies).")
-    temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy.")
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: Int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies; "
+                                "default: the served model's evaluated setting).")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy (default: as evaluated).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Default: as evaluated.")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Default: as evaluated.")
+    no_repeat_ngram_size: Int | None = Field(None, ge=0, le=64, description="Default: as evaluated.")
     stop: StopField = _STOP
     seed: Int | None = Field(None, ge=0, le=2**63 - 1)
     ignore_eos: bool = Field(False, description="Generate exactly max_new_tokens (benchmarks).")
@@ -80,8 +83,10 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: Int | None = Field(None, ge=1)
     max_completion_tokens: Int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="Default: the served model's evaluated setting.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Default: as evaluated.")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="vLLM-style extra; default: as evaluated.")
+    no_repeat_ngram_size: Int | None = Field(None, ge=0, le=64, description="Extra; default: as evaluated.")
     n: Literal[1] = Field(1, description="Only 1 choice is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -159,16 +159,12 @@ def backbone(model):
 
 def apply_runtime(model, runtime: dict):
     """Put the planned speed settings on a freshly built (PEFT) model; returns it."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
     if runtime["adapter_dtype"] == "bfloat16" and hasattr(model, "peft_config"):
-        for p in trainable:
-            p.data = p.data.to(torch.bfloat16)
-    else:
-        # fp32 adapters under bf16 autocast: autocast casts the tiny adapter weights, so PEFT's own cast of every
-        # activation to fp32 (and back) is pure copying (+14 % tokens/s without it, same values).
-        for module in model.modules():
-            if hasattr(module, "cast_input_dtype_enabled"):
-                module.cast_input_dtype_enabled = False
+        # PEFT keeps adapters in fp32 and casts every activation to fp32 and back around them; bf16 adapters
+        # skip those copies (+30 % tokens/s on 2 cores; 30-step loss within 0.5 % of fp32 adapters).
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.to(torch.bfloat16)
     if runtime["torch_compile"]:
         # Per decoder layer: the layers share one code object, so Dynamo traces once and reuses the graph (first
         # step 32 s, steady 842 tokens/s) where compiling the whole backbone traces all 30 (155 s, 971 tokens/s).
