@@ -125,6 +125,9 @@ def cmd_bench(ns) -> int:
     if ns.what in BENCH_USAGE and any(a in ("-h", "--help") for a in ns.args):
         print(BENCH_USAGE[ns.what])  # serve and gpu parse their own options (and --help)
         return 0
+    if ns.what == "serve":  # the server is downstream of the harness: only the command line reaches it
+        from server.bench import main as bench_serve
+        return bench_serve(ns.args)
     return bench.main(ns.what, ns.args)
 
 
@@ -137,8 +140,10 @@ def cmd_rate(ns) -> int:
     from harness import ratings
     experiment_dir = resolve_experiment(ns.experiment)
     store = ratings.RatingStore.for_experiment(experiment_dir)
+    raters = [name for name in (ns.raters or "").split(",") if name.strip()]
     try:
         ratings.sync_queue(experiment_dir, store)
+        tokens = {name: store.issue_token(name, ns.reissue) for name in raters}
         if ns.import_csv:
             print(json.dumps(ratings.import_csv(store, ns.import_csv)))
         if ns.export:
@@ -153,10 +158,14 @@ def cmd_rate(ns) -> int:
     except ratings.RatingError as e:
         print(f"musicprod rate: error: {e}", file=sys.stderr)
         return 2
-    if not (ns.import_csv or ns.export or ns.template or ns.stats):
-        from server.rating import serve
-        serve(experiment_dir, ns.host, ns.port)
-    return 0
+    if ns.import_csv or ns.export or ns.template or ns.stats:
+        return 0
+    if not store.raters():
+        print("musicprod rate: error: no raters yet; name them with --raters NAME,NAME (each gets a personal link)",
+              file=sys.stderr)
+        return 2
+    from server.rating import serve
+    return serve(experiment_dir, ns.host, ns.port, tokens=tokens, extra_hosts=ns.allowed_host)
 
 
 def cmd_report(ns) -> int:
@@ -247,8 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     h = sub.add_parser("rate", help="human ratings: serve the blind rating UI, or --stats/--export/--import")
     h.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
-    h.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    h.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default: localhost only; 0.0.0.0 for raters on other machines, plain HTTP)")
     h.add_argument("--port", type=int, default=8765)
+    h.add_argument("--raters", metavar="NAME,NAME", help="issue a personal link (random token) to each new rater; "
+                                                        "printed at start-up, only its hash is stored")
+    h.add_argument("--reissue", action="store_true",
+                   help="with --raters: replace their links (the old ones stop working)")
+    h.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name raters reach the UI by, besides localhost and --host (repeatable)")
     h.add_argument("--stats", action="store_true", help="print means with 95%% CIs, alpha, coverage; then exit")
     h.add_argument("--json", action="store_true", help="with --stats: the summarize() dict as JSON")
     h.add_argument("--export", metavar="CSV", help="write all ratings to CSV (with --pairwise: the A/B judgements)")

@@ -36,6 +36,8 @@ class DataConfig:
     validation_fraction: float = _field(0.05, "Share of the training set held back (stratified by topic) for validation loss.")
     augmented_path: str = _field("", "Paraphrase augmentations of the training set (JSON list, each naming its seed item in "
                                  "augmented_from; '' = none). Those of validation items are left out.")
+    train_on_seed: bool = _field(True, "Train on the seed items themselves (false: only on their augmentations, about "
+                                 "half the tokens per epoch; the validation split is the seed's either way).")
     max_train_items: int = _field(0, "Use only the first N training items after the split (0 = all; their augmentations "
                                   "follow them). For quick runs.")
     system_prompt: str = _field("", "System message put before every instruction ('' = none; no template default is injected).")
@@ -81,10 +83,14 @@ class TrainSettings:
     compile: str = _field("auto", "torch.compile each transformer layer (inductor): true, false, or auto = on CPU only "
                           "(fused elementwise kernels: +45-75 % tokens/s on 2 cores after a ~30 s compile; on CUDA the "
                           "HF systems stay stock for the Unsloth comparison).")
+    allocator: str = _field("auto", "malloc of the training processes: auto (tcmalloc where installed, else glibc kept "
+                            "from unmapping freed activations), tcmalloc, or glibc (the plain default).")
     save_steps: int = _field(0, "Save a resumable checkpoint every N optimizer steps (0 = none) under "
                              "<system>/trainer/checkpoint-N; `musicprod eval --only SYSTEM@N` evaluates one.")
     save_total_limit: int = _field(0, "Keep at most this many checkpoints (0 = all).")
     resume: bool = _field(False, "Continue from the newest checkpoint of this system (`musicprod train ... --resume`).")
+    report_to: str = _field("none", "Experiment tracker the Trainer logs to: none, tensorboard or trackio (both offline; "
+                            "logs under <system>/trainer/). Needs the tracker's package installed.")
 
 
 @dataclass
@@ -225,6 +231,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"train.{key}: must be >= 1")
     if cfg.train.adapter_dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"train.adapter_dtype: must be auto, float32 or bfloat16, got {cfg.train.adapter_dtype!r}")
+    if cfg.train.allocator not in ("auto", "tcmalloc", "glibc"):
+        raise ConfigError(f"train.allocator: must be auto, tcmalloc or glibc, got {cfg.train.allocator!r}")
+    if cfg.train.report_to not in ("none", "tensorboard", "trackio"):
+        raise ConfigError(f"train.report_to: must be none, tensorboard or trackio, got {cfg.train.report_to!r}")
     if str(cfg.train.compile).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"train.compile: must be auto, true or false, got {cfg.train.compile!r}")
     _validate_distributed(cfg.distributed)

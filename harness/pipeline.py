@@ -27,7 +27,7 @@ def train_system(cfg: ExperimentConfig, config_path: str | None, overrides: list
     cfg.experiment_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=cfg.experiment_dir, delete=False) as f:
         json.dump(spec, f)
-    env = {**os.environ, **OFFLINE_ENV, **allocator_env(os.environ),
+    env = {**os.environ, **OFFLINE_ENV, **allocator_env(cfg.train.allocator, os.environ),
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     try:

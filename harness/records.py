@@ -63,6 +63,15 @@ def device_info() -> dict:
     return info
 
 
+def rss_mib() -> float:
+    """Resident set size now (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mib()
+
+
 def peak_rss_mib() -> float:
     # ru_maxrss is in KiB on Linux: the high-water mark of this (per-system) process.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

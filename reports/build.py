@@ -11,7 +11,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from harness.io import atomic_dir, sha256_file
-from harness.layout import BASE_TARGET, champion_path, report_dir
+from harness.layout import BASE_TARGET, LOOKUP_TARGET, champion_path, is_system_target, report_dir
 from harness.records import git_sha, now_iso
 from harness.stats import fdr_adjust
 from reports import plots
@@ -152,15 +152,39 @@ def system_rows(exp: Experiment) -> list[dict]:
     return rows
 
 
+TARGET_NOTES = {LOOKUP_TARGET: "what the training data holds: the nearest training answer, not a model"}
+
+
 def quality_rows(exp: Experiment, champion: str) -> tuple[list[dict], list[dict]]:
     shown = [m for m in TABLE_METRICS if any(metric(exp, t, m[0], m[1]) for t in exp.eval_targets)]
     header = [{"label": h, "unit": u if u != "%" else "(%)", "headline": task == "qa" and name == "key_fact_recall"
                or task == "mc"} for task, name, h, _, u in shown]
     rows = []
     for t in exp.eval_targets:
-        rows.append({"target": t, "champion": t == champion,
+        rows.append({"target": t, "champion": t == champion, "note": TARGET_NOTES.get(t),
                      "cells": [score(metric(exp, t, task, name), scale, unit) for task, name, _, scale, unit in shown]})
     return header, rows
+
+
+def dev_rows(exp: Experiment) -> list[dict]:
+    """The dev-set figures (where the recipe and the checkpoint were chosen), kept apart from the held-out."""
+    dev = exp.eval_dev or {}
+    rows = []
+    for t, v in (dev.get("targets") or {}).items():
+        m = v.get("metrics") or {}
+        rows.append({"target": t, "note": TARGET_NOTES.get(t),
+                     "kfr": score((m.get("qa") or {}).get("key_fact_recall"), 100, "%"),
+                     "mc": score((m.get("mc") or {}).get("acc"), 100, "%")})
+    return rows
+
+
+def lookup_share(exp: Experiment, champion: str) -> dict | None:
+    """The champion's held-out key-fact recall as a share of the lookup reference's."""
+    mine, ref = metric(exp, champion, "qa", "key_fact_recall"), metric(exp, LOOKUP_TARGET, "qa", "key_fact_recall")
+    if not mine or not ref or not ref["mean"]:
+        return None
+    return {"share": f"{100 * mine['mean'] / ref['mean']:.0f} %", "lookup": f"{100 * ref['mean']:.1f} %",
+            "champion": f"{100 * mine['mean']:.1f} %"}
 
 
 def mc_baseline_rows(exp: Experiment) -> list[dict]:
@@ -174,7 +198,7 @@ def mc_baseline_rows(exp: Experiment) -> list[dict]:
 def slice_tables(exp: Experiment) -> list[dict]:
     """Per-topic and per-language means with their CIs (the numbers behind the heatmaps)."""
     tables = []
-    for slice_name, slice_label in (("topic", "topic"), ("lang", "language")):
+    for slice_name, slice_label in (("coverage", "key-fact coverage in training"), ("topic", "topic"), ("lang", "language")):
         for task, name, label in (("qa", "key_fact_recall", "QA key-fact recall"), ("mc", "acc", "MC accuracy")):
             by = {t: ((exp.eval_target(t) or {}).get(f"by_{slice_name}") or {}).get(task) or {} for t in exp.eval_targets}
             groups = sorted({g for v in by.values() for g in v})
@@ -280,7 +304,7 @@ def side_by_side(exp: Experiment, champion: str) -> dict | None:
     and one German item, so that the reader sees both what improved and what broke.
     """
     left = BASE_TARGET
-    systems = [t for t in exp.eval_targets if t != BASE_TARGET and metric(exp, t, "qa", "key_fact_recall")]
+    systems = [t for t in exp.eval_targets if is_system_target(t) and metric(exp, t, "qa", "key_fact_recall")]
     right = champion if champion != BASE_TARGET else (
         max(systems, key=lambda t: metric(exp, t, "qa", "key_fact_recall")["mean"]) if systems else None)
     gens_l = load_generations(exp.dir, left)
@@ -379,7 +403,8 @@ def build_context(exp: Experiment) -> dict:
         "experiment": exp.name, "experiment_dir": str(exp.dir), "created_at": now_iso(),
         "overview": overview(exp), "systems": system_rows(exp), "figures": figures,
         "quality_header": q_header, "quality_rows": q_rows, "mc_baselines": mc_baseline_rows(exp), "paired": paired_rows(exp), "fronts": fronts,
-        "slice_tables": slice_tables(exp),
+        "slice_tables": slice_tables(exp), "dev_rows": dev_rows(exp), "dev_split": exp.eval_dev,
+        "lookup_share": lookup_share(exp, champ["system"]),
         "judges": judge_sections(exp), "reliable_judge": judge[0] if judge else None,
         "human": human_section(exp), "side_by_side": side_by_side(exp, champ["system"]),
         "skipped": skipped_rows(exp), "gpu": gpu_rows(exp), "notes": exp.notes,
@@ -389,7 +414,8 @@ def build_context(exp: Experiment) -> dict:
     ctx["sections"] = [(sid, title) for sid, title, present in [
         ("champion", "Champion", True), ("overview", "Overview", True), ("systems", "Systems", True),
         ("training", "Training: loss, speed, memory", any(figures[k] for k in ("loss", "throughput", "memory"))),
-        ("quality", "Held-out quality", True), ("slices", "Topic and language breakdown", figures["topic"] or figures["lang"]),
+        ("quality", "Held-out quality", True), ("dev", "Dev set (model selection)", exp.eval_dev is not None),
+        ("slices", "Coverage, topic and language breakdown", figures["topic"] or figures["lang"]),
         ("cost", "Quality vs cost", pareto_fig is not None), ("paired", "Paired comparisons", True),
         ("judge", "LLM judge reliability", True), ("human", "Human ratings and agreement", True),
         ("answers", "Side-by-side answers", ctx["side_by_side"] is not None),

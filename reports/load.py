@@ -24,10 +24,11 @@ class Experiment:
     name: str
     records: dict[str, dict]               # system -> run.json
     stages: dict | None                    # experiment.json
-    eval: dict | None                      # eval/summary.json
+    eval: dict | None                      # eval/summary.json (the held-out)
     judges: dict[str, dict]                # judge name -> judge/<judge>/summary.json
     human: dict | None                     # harness.ratings.summarize(); None when no ratings
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable, shown in the report
+    eval_dev: dict | None = None           # eval-dev/summary.json: where recipes and checkpoints were chosen
 
     @property
     def ok_systems(self) -> list[str]:
@@ -107,6 +108,10 @@ def load_experiment(experiment_dir: str | Path) -> Experiment:
     summary = read_json(summary_path) if summary_path.exists() else None
     if summary is not None:
         _check_eval_summary(summary_path, summary)
+    dev_path = eval_summary_path(experiment_dir, "dev")
+    dev = read_json(dev_path) if dev_path.exists() else None
+    if dev is not None:
+        _check_eval_summary(dev_path, dev)
     if not records and summary is None:
         raise ReportError(f"{experiment_dir}: neither run records (*/run.json) nor {summary_path}; "
                           f"train first (musicprod run)")
@@ -119,7 +124,8 @@ def load_experiment(experiment_dir: str | Path) -> Experiment:
                      f"not a result; the confidence intervals are correspondingly wide")
     name = (stages or {}).get("experiment") or (summary or {}).get("experiment") or experiment_dir.name
     return Experiment(dir=experiment_dir, name=name, records=records, stages=stages, eval=summary,
-                      judges=load_judges(experiment_dir), human=load_human(experiment_dir, notes), notes=notes)
+                      judges=load_judges(experiment_dir), human=load_human(experiment_dir, notes), notes=notes,
+                      eval_dev=dev)
 
 
 def load_generations(experiment_dir: Path, target: str) -> dict[str, dict]:

@@ -70,3 +70,53 @@ def test_cli_rejects_corrupt_dataset_and_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert f"{path}: record 2" in proc.stderr and "'response'" in proc.stderr
     assert not runs.exists()
+
+
+ALPACA = [{"instruction": "What does a 4:1 ratio do?", "input": "", "output": "Every 4 dB over the threshold comes out as 1 dB."},
+          {"instruction": "Translate to German.", "input": "high-pass filter", "output": "Hochpassfilter"}]
+
+
+def _jsonl(tmp_path, name, rows):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_alpaca_jsonl_maps_to_the_native_schema(tmp_path):
+    rows = load_training_set(_jsonl(tmp_path, "alpaca.jsonl", ALPACA))
+    assert rows[0]["instruction"] == ALPACA[0]["instruction"] and rows[0]["response"] == ALPACA[0]["output"]
+    assert rows[1]["instruction"] == "Translate to German.\n\nhigh-pass filter"  # Alpaca's input follows
+    assert [r["id"] for r in rows] == ["alpaca-0", "alpaca-1"] and rows[0]["lang"] == "en"
+    assert to_prompt_completion(rows[1])["prompt"] == [{"role": "user", "content": rows[1]["instruction"]}]
+
+
+def test_chat_messages_and_sharegpt_keep_earlier_turns_in_the_prompt(tmp_path):
+    messages = {"messages": [{"role": "system", "content": "You are a mixing engineer."},
+                             {"role": "user", "content": "My kick is weak."},
+                             {"role": "assistant", "content": "Boost around 60 Hz."},
+                             {"role": "user", "content": "And the click?"},
+                             {"role": "assistant", "content": "Add 3-5 kHz."}], "lang": "en", "topic": "mixing"}
+    sharegpt = {"conversations": [{"from": "human", "value": "Was macht ein Limiter?"},
+                                  {"from": "gpt", "value": "Er begrenzt die Pegelspitzen."}]}
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([messages, sharegpt]))
+    chat, share = load_training_set(path)
+    assert (chat["instruction"], chat["response"], chat["topic"]) == ("And the click?", "Add 3-5 kHz.", "mixing")
+    pc = to_prompt_completion(chat, system_prompt="ignored: the conversation has its own")
+    assert [m["role"] for m in pc["prompt"]] == ["system", "user", "assistant", "user"]
+    assert pc["completion"] == [{"role": "assistant", "content": "Add 3-5 kHz."}]
+    assert share["lang"] == "de" and share["response"] == "Er begrenzt die Pegelspitzen."
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": 3}\n', "line 3: field 'output'"),
+    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n', "bad.jsonl:2:"),
+    ("bad.json", '[{"messages": [{"role": "user", "content": "hi"}]}]', "record 0: field 'messages' must hold a user turn and end"),
+    ("bad.json", '[{"conversations": [{"from": "robot", "value": "x"}]}]', "conversations[0].from must be one of"),
+])
+def test_other_formats_name_file_line_and_field(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DatasetError) as e:
+        load_training_set(path)
+    assert str(path) in str(e.value) and expected in str(e.value)

@@ -89,6 +89,56 @@ def test_mc_length_tell_is_flagged(tmp_path):
 
 
 def test_shipped_data_passes_the_validator():
-    """The landed training set and held-out benchmark: valid, and the held-out is not contaminated."""
-    code = dc.run_check(str(REPO / "data/music_production_dataset.json"), str(REPO / "benchmarks/musicprod/data"))
+    """The landed training set, its augmentations, the dev set and the held-out benchmark: valid, and neither the
+    held-out nor the dev set is contaminated."""
+    code = dc.run_check(str(REPO / "data/music_production_dataset.json"), str(REPO / "benchmarks/musicprod/data"),
+                        augmented_path=str(REPO / "data/music_production_augmented.json"),
+                        dev_dir=str(REPO / "benchmarks/musicprod/data/dev"))
     assert code == 0
+
+
+def _augmentation(**change):
+    row = {"id": "a-a1", "lang": "en", "topic": "mastering", "style": "question", "augmented_from": "a",
+           "instruction": "How loud does Spotify play my track back?",
+           "response": "Spotify normalises playback to about -14 LUFS integrated, so a louder master is simply turned down."}
+    return {**row, **change}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"augmented_from": "zz"}, "'augmented_from' = 'zz' is not a training item id"),
+    ({"topic": "mixing"}, "field 'topic' = 'mixing' differs from its seed item"),
+    ({"style": "poem"}, "field 'style' = 'poem'"),
+    ({"response": "Yes."}, "field 'response' has 1 words"),
+    ({"lang": "de"}, "but the text reads as 'en'"),
+    ({"instruction": TRAIN[0]["instruction"]}, "exactly duplicates seed item a"),
+])
+def test_augmentations_are_checked_against_their_seed(change, expected):
+    problems = dc.check_augmented("aug.json", [_augmentation(**change)], TRAIN)
+    assert any(expected in p and "record 0 (id='a-a1')" in p for p in problems), problems
+    assert dc.check_augmented("aug.json", [_augmentation()], TRAIN) == []
+
+
+def test_every_overlapping_training_item_is_found_for_a_merge_to_drop():
+    """contamination() reports the first hit per held-out item; a merge needs every training id that overlaps."""
+    copy = dict(TRAIN[0], id="a2")  # a second training item with the same text as "a"
+    leak = {"id": "leak", "lang": "en", "topic": "mastering", "choices": ["a", "b", "c", "d"], "answer": 0,
+            "question": "Is it true that pushing the limiter harder therefore does not make a track louder on the platform?"}
+    assert dc.contaminating_ids(TRAIN + [copy], [("mc", leak)], semantic=False) == {"a", "a2"}
+    option_leak = dict(leak, question="Which is true?", choices=[
+        "pushing the limiter harder therefore does not make a track louder on the platform", "b", "c", "d"])
+    assert dc.contaminating_ids(TRAIN, [("mc", option_leak)], semantic=False) == {"a"}  # MC options count too
+
+
+def test_dev_items_that_overlap_the_held_out_are_contamination(tmp_path, capsys):
+    bench, dev = tmp_path / "bench", tmp_path / "dev"
+    bench.mkdir(), dev.mkdir()
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(json.loads((REPO / "data/music_production_dataset.json").read_text())[:40]))
+    held = json.loads((REPO / "benchmarks/musicprod/data/qa.json").read_text())[:6]
+    (bench / "qa.json").write_text(json.dumps(held))
+    (bench / "mc.json").write_text("[]")
+    (dev / "qa.json").write_text(json.dumps([dict(held[0], id="dev-1")]))  # a held-out question reused on dev
+    (dev / "mc.json").write_text("[]")
+    code = dc.run_check(str(train), str(bench), semantic=False, dev_dir=str(dev))
+    assert code == 1
+    assert f"contamination: dev qa dev-1: shares a 13-gram with training item {held[0]['id']}" in capsys.readouterr().out

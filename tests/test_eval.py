@@ -262,3 +262,95 @@ def test_eval_names_missing_unregistered_base(tmp_path):
     exp = _records_with_base(tmp_path, {"name": "my/private-model", "path": "/nowhere/private"})
     with pytest.raises(evaluate.EvalError, match="my/private-model"):
         evaluate.experiment_targets(exp, include_base=True)
+
+
+def _settings(**kw) -> EvalSettings:
+    return EvalSettings(batch_size=3, decoding=DecodingSettings(max_new_tokens=8), limit=3, dtype="float32",
+                        bootstrap_resamples=300, **kw)
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.open()]
+
+
+def test_the_adapter_changes_what_is_scored(tiny_experiment):
+    """An evaluation that scored the base model under an adapter's name would pass every other test: the
+    adapter's MC log-likelihoods (and so its scores' inputs) must differ from the base model's."""
+    from harness.evaluate import run_eval
+    run_eval(tiny_experiment, _settings())
+    lls = {t: [s["filtered_resps"] for s in _jsonl(tiny_experiment / "eval" / t / "samples_musicprod_mc.jsonl")]
+           for t in ("base", "hf-lora")}
+    assert lls["base"] != lls["hf-lora"]
+    assert len(lls["base"]) == len(lls["hf-lora"]) == 3
+
+
+def test_base_evaluation_is_reused_until_its_key_changes(tiny_experiment, tmp_path):
+    import shutil
+    from harness.evaluate import run_eval
+    other = tmp_path / "other"
+    shutil.copytree(tiny_experiment / "hf-lora", other / "hf-lora")
+    first = run_eval(tiny_experiment, _settings(), only=["base"])
+    again = run_eval(other, _settings(), only=["base"])  # another experiment on the same base: no re-run
+    assert again["targets"]["base"]["reused_from"]
+    assert _jsonl(other / "eval" / "base" / "generations.jsonl") == _jsonl(tiny_experiment / "eval" / "base" / "generations.jsonl")
+    assert first["targets"]["base"]["metrics"] == again["targets"]["base"]["metrics"]
+    changed = run_eval(other, EvalSettings(batch_size=3, decoding=DecodingSettings(max_new_tokens=5), limit=3,
+                                           dtype="float32", bootstrap_resamples=300), only=["base"])
+    assert not changed["targets"]["base"]["reused_from"]  # a decoding change is a new key: evaluated again
+
+
+def test_lookup_answers_with_the_nearest_training_response(tiny_experiment):
+    from harness.evaluate import run_eval, training_rows
+    summary = run_eval(tiny_experiment, _settings(), only=["lookup"])
+    assert summary["targets"]["lookup"]["reference"] is True
+    responses = {r["response"] for r in training_rows(tiny_experiment)}
+    rows = _jsonl(tiny_experiment / "eval" / "lookup" / "generations.jsonl")
+    assert len(rows) == 3 and all(r["answer"] in responses for r in rows)
+    assert not any(p["a"] == "lookup" or p["b"] == "lookup" for p in summary["paired"])  # a reference, not a system
+
+
+def test_coverage_slices_split_recall_by_what_training_states():
+    from harness.coverage import compute_coverage, recall_over
+    train = [{"id": "t1", "instruction": "How do I set a compressor ratio?", "response": "Use 4:1 on vocals."},
+             {"id": "t2", "instruction": "What is sidechain compression?", "response": "Sidechain ducks the bass under the kick."}]
+    qa = [{"id": "q", "question": "Which ratio should my vocal compressor use?",
+           "key_facts": [{"fact": "4:1", "any_of": ["4:1"]}, {"fact": "duck", "any_of": ["duck"]},
+                         {"fact": "never said", "any_of": ["tape saturation"]}]}]
+    cov = compute_coverage(train, qa)
+    assert cov["q"]["nearest_train_id"] == "t1"
+    assert cov["q"]["facts"] == [{"stated": True, "in_nearest": True}, {"stated": True, "in_nearest": False},
+                                 {"stated": False, "in_nearest": False}]
+    answer = {"id": "q", "key_facts": qa[0]["key_facts"], "answer": "4:1, and tape saturation."}
+    assert recall_over(answer, cov, "stated", True) == 0.5      # 4:1 yes, duck no
+    assert recall_over(answer, cov, "stated", False) == 1.0     # the unstated fact, guessed
+    assert recall_over(answer, cov, "in_nearest", True) == 1.0
+
+
+def test_summary_carries_coverage_slices_and_split(tiny_experiment):
+    from harness.evaluate import run_eval
+    summary = run_eval(tiny_experiment, _settings())
+    slices = summary["targets"]["base"]["by_coverage"]["qa"]
+    assert set(slices) == {"stated in training", "not stated in training", "in the nearest training item"}
+    assert summary["split"] == "heldout" and summary["question_files"][0].endswith("data/qa.json")
+    assert summary["decoding"]["max_new_tokens"] == 8 and summary["decoding"]["repetition_penalty"] == 1.0
+
+
+def test_repetition_control_changes_greedy_answers_only_where_they_repeat(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from harness.generation import greedy_generate, penalize_repeats
+    logits = torch.tensor([[0.0, 5.0, 4.0, 1.0]])
+    assert penalize_repeats(logits.clone(), torch.tensor([[1]]), repetition_penalty=2.0).argmax() == 2
+    assert penalize_repeats(logits.clone(), torch.tensor([[3]]), repetition_penalty=2.0).argmax() == 1
+    banned = penalize_repeats(logits.clone(), torch.tensor([[1, 2, 1]]), no_repeat_ngram_size=2)
+    assert banned[0, 2] == -float("inf") and banned.argmax() == 1  # "1 2" seen: after 1, 2 is banned
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    until_stop = lambda out: (out[: out.index(0)] if 0 in out else out)
+    plain = until_stop(greedy_generate(model, ids, mask, 24, {0}, 0)[0, 4:].tolist())
+    fenced = until_stop(greedy_generate(model, ids, mask, 24, {0}, 0, no_repeat_ngram_size=2)[0, 4:].tolist())
+    bigrams = list(zip(fenced, fenced[1:]))
+    assert len(bigrams) == len(set(bigrams))  # no bigram twice
+    if len(set(zip(plain, plain[1:]))) == len(plain) - 1:
+        assert fenced == plain  # nothing repeated: nothing changed

@@ -146,9 +146,9 @@ def test_run_judge_writes_contract_and_cli(tmp_path, tiny_model_dir, capsys):
                  "repeats=2", "reason_tokens=2"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "UNRELIABLE" in out or "RELIABLE" in out
     d = exp / "judge" / "tiny"
     summary = json.loads((d / "summary.json").read_text())
+    assert ("UNRELIABLE" in out) is (not summary["reliable"])  # the printed verdict is the stored one
     rel = summary["reliability"]
     assert summary["backend"] == "hf" and rel["sanity_n"] == 3 and rel["spearman_key_fact"]["n"] == 6
     assert summary["reliable"] is (rel["sanity_pass_rate"] >= 0.9) and summary["use_for_champion"] is summary["reliable"]

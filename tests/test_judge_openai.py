@@ -124,3 +124,58 @@ def test_logprobs_off_uses_schema_constrained_output(engine, tmp_path):
     assert len(bodies) == 3 and not any(b.get("logprobs") for b in bodies)
     assert all(b["response_format"]["json_schema"]["schema"]["properties"]["score"]["enum"] == [1, 2, 3, 4, 5]
                for b in bodies)
+
+
+class ScriptedJudge:
+    """A judge behind the same HTTP server with a known verdict: it scores 5 when the answer it reads is the
+    item's own reference and 1 when it is another item's (an off-topic answer), or the reverse. What a judge
+    says is then known, so the reliability verdict can be checked rather than re-derived."""
+
+    def __init__(self, references: list[str], reference_scores: int, off_topic_scores: int):
+        self.references = references
+        self.reference_scores, self.off_topic_scores = reference_scores, off_topic_scores
+
+    def _score(self, text: str) -> int:
+        found = {r for r in self.references if r in text}
+        if len(found) >= 2:  # the expected output and a different item's reference as the actual output
+            return self.off_topic_scores
+        return self.reference_scores if found else 3
+
+    def complete(self, messages, schema=None, max_tokens=32, logprobs=True, top_logprobs=1) -> dict:
+        props = (schema or {}).get("properties", {})
+        score = self._score(messages[-1]["content"])
+        if "verdict" in props:
+            content = json.dumps({"verdict": "tie"})
+        elif "steps" in props:
+            content = json.dumps({"steps": ["Compare the answer with the reference answer."]})
+        else:
+            content = json.dumps({"score": score, "reason": "scripted"})
+        pieces = [content[: content.index(str(score)) if '"score"' in content else len(content)]]
+        if '"score"' in content:
+            pieces += [str(score), content[len(pieces[0]) + 1:]]
+        entries = [{"token": p, "logprob": 0.0, "bytes": list(p.encode()),
+                    "top_logprobs": [{"token": p, "logprob": 0.0, "bytes": list(p.encode())}]} for p in pieces if p]
+        return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": "scripted",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
+                             "logprobs": {"content": entries} if logprobs else None}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": len(entries), "total_tokens": 1 + len(entries)}}
+
+
+@pytest.mark.parametrize("reference_scores, off_topic_scores, reliable", [(5, 1, True), (1, 5, False)],
+                         ids=["prefers-reference", "reversed"])
+def test_reliability_verdict_follows_what_the_judge_says(tmp_path, reference_scores, off_topic_scores, reliable):
+    from harness.judge import run_judge
+    from tests.test_judge import _fixture_experiment
+    exp = _fixture_experiment(tmp_path / "exp", BENCH_QA[:3])
+    server = _serve(ScriptedJudge([q["reference"] for q in BENCH_QA], reference_scores, off_topic_scores))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        settings = load_judge_settings(None, ["backend=openai", f"base_url={url}", "model=scripted", "name=scripted",
+                                              "max_items=3", "sanity_items=10", "repeats=1", "reason_tokens=4"])
+        summary = run_judge(exp, settings)
+    finally:
+        server.shutdown()
+    rel = summary["reliability"]
+    assert rel["sanity_n"] == 10
+    assert rel["sanity_pass_rate"] == (1.0 if reliable else 0.0)
+    assert summary["reliable"] is reliable and summary["use_for_champion"] is reliable

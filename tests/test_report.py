@@ -61,8 +61,7 @@ def assert_valid_html(html: str, citation_links: bool = False) -> None:
 
 @pytest.fixture
 def full(tmp_path):
-    pytest.importorskip("harness.ratings")
-    return fx.full_experiment(tmp_path)
+    return fx.full_experiment(tmp_path)  # uses harness.ratings: a broken import must fail here, not skip
 
 
 @pytest.fixture

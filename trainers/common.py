@@ -16,7 +16,7 @@ from trl import SFTConfig, SFTTrainer
 
 from harness.config import ExperimentConfig
 from harness.data import dataset_fingerprint, experiment_rows, to_prompt_completion
-from harness.records import peak_rss_mib
+from harness.records import peak_rss_mib, rss_mib
 
 WARMUP_STEPS_EXCLUDED = 2  # first optimizer steps pay one-off costs (allocator, kernel selection)
 
@@ -54,7 +54,7 @@ def sft_config(cfg: ExperimentConfig, output_dir: str | Path, use_cpu: bool) -> 
         # Explicit, not TRL's default: Unsloth's patched SFTConfig leaves this None and then turns padding-free
         # batching on by itself; the same padded batches for every system keep the comparison like for like.
         padding_free=False,
-        report_to="none",
+        report_to=t.report_to,
         # Resumable checkpoints (model + optimizer + scheduler + RNG) every save_steps; `--resume` continues.
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
@@ -181,17 +181,29 @@ def runtime_settings(model, runtime: dict) -> dict:
     return {**runtime, "adapter_dtype": _plain(trainable.dtype) if trainable is not None else None}
 
 
-class MeasuringCallback(TrainerCallback):
-    """Wall time of each optimizer step, and the Trainer's token count at its end."""
+class MemoryTimeline:
+    """RSS (and its high-water mark) at the phases of a run: where a training process's memory goes."""
 
     def __init__(self):
+        self.phases: dict[str, dict] = {}
+
+    def mark(self, phase: str) -> None:
+        self.phases[phase] = {"rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+class MeasuringCallback(TrainerCallback):
+    """Wall time of each optimizer step, the Trainer's token count at its end, and the memory timeline."""
+
+    def __init__(self, memory: MemoryTimeline | None = None):
         self.step_times: list[float] = []
         self.tokens_at_step: list[int] = []
         self.tokens_at_start = 0
         self._t0 = None
+        self.memory = memory or MemoryTimeline()
 
     def on_train_begin(self, args, state, control, **kw):
         self.tokens_at_start = state.num_input_tokens_seen  # > 0 after a resume (restored from the checkpoint)
+        self.memory.mark("train_begin")
 
     def on_step_begin(self, args, state, control, **kw):
         if args.device.type == "cuda":
@@ -203,6 +215,8 @@ class MeasuringCallback(TrainerCallback):
             torch.cuda.synchronize()
         self.step_times.append(time.perf_counter() - self._t0)
         self.tokens_at_step.append(state.num_input_tokens_seen)
+        if state.global_step in (1, 3):  # after the first step (compile, allocator warm-up) and once warm
+            self.memory.mark(f"after_step_{state.global_step}")
 
 
 def loss_curve(state) -> list[dict]:
@@ -216,19 +230,33 @@ def fused_lm_head_available() -> bool:
     return trl_utils._ChunkedLogProbFunction is not None
 
 
+LOSS_CHUNK = 1024  # answer positions per LM-head chunk: 1024 x 49k-vocabulary fp32 logits = 200 MB
+
+
+def _head_loss(head, hidden, labels):
+    return torch.nn.functional.cross_entropy(head(hidden).float(), labels, reduction="sum")
+
+
 def completion_only_loss(model, inputs, num_items_in_batch=None):
     """Next-token loss that projects only the answer positions through the LM head.
 
     What TRL's Triton fused head does on GPU, in plain torch for CPU: prompt positions (label -100) never
-    reach the 49k-wide vocabulary projection, which on a 135M model is a large share of each step.
+    reach the 49k-wide vocabulary projection, which on a 135M model is a large share of each step. The answer
+    positions go through in chunks whose logits are recomputed in the backward pass (activation checkpointing),
+    so a batch's full-vocabulary logits and their gradient (~1 GB at batch 8 x 512) are never held at once.
     """
+    from torch.utils.checkpoint import checkpoint
     labels = inputs["labels"][:, 1:]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask")}
     hidden = base.model(**backbone_inputs, use_cache=False).last_hidden_state[:, :-1]
     mask = labels != -100
-    logits = base.lm_head(hidden[mask]).float()
-    loss = torch.nn.functional.cross_entropy(logits, labels[mask], reduction="sum")
+    answers, targets = hidden[mask], labels[mask]
+    if torch.is_grad_enabled() and len(answers) > LOSS_CHUNK:
+        loss = sum(checkpoint(_head_loss, base.lm_head, answers[i:i + LOSS_CHUNK], targets[i:i + LOSS_CHUNK],
+                              use_reentrant=False) for i in range(0, len(answers), LOSS_CHUNK))
+    else:
+        loss = _head_loss(base.lm_head, answers, targets)
     denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
     return loss / denominator
 
@@ -311,10 +339,12 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     train_wall = time.perf_counter() - start
+    callback.memory.mark("train_end")
     save_adapter(trainer, adapter_dir, tokenizer)
     validation_loss = None
     if eval_dataset is not None and len(eval_dataset):
         validation_loss = float(trainer.evaluate(eval_dataset)["eval_loss"])
+        callback.memory.mark("after_validation")
     ranks = gather_across_ranks(trainer, {"rank": trainer.args.process_index, **local_peak_memory(cuda)})
     tokens_at_step = callback.tokens_at_step
     run_tokens = trainer.state.num_input_tokens_seen - callback.tokens_at_start
@@ -334,6 +364,7 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
         "final_train_loss": curve[-1]["loss"] if curve else None,
         "mean_train_loss": float(result.training_loss) if result.training_loss is not None and math.isfinite(result.training_loss) else None,
         "per_rank": ranks,
+        "memory_timeline": callback.memory.phases,
     }
     if checkpoint:
         figures["resumed_from"] = checkpoint
@@ -354,11 +385,14 @@ def distributed_info(trainer, cfg: ExperimentConfig) -> dict:
 
 def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool, runtime: dict) -> dict:
     """The part every system shares after loading its model: data, SFTConfig, training, measurement."""
+    memory = MemoryTimeline()
+    memory.mark("model_loaded")
     train_ds, val_ds, data_info = load_splits(cfg)
     args = sft_config(cfg, out_dir / "trainer", use_cpu=use_cpu)
-    callback = MeasuringCallback()
+    callback = MeasuringCallback(memory)
     trainer = sft_trainer_class()(model=model, args=args, train_dataset=train_ds,
                                   processing_class=tokenizer, callbacks=[callback])
+    memory.mark("trainer_built")
     # Unsloth reads its own max_seq_length; TRL's max_length must not silently differ from the config.
     assert trainer.args.max_length == cfg.train.max_length, "TRL max_length diverged from the experiment's"
     trainable, total = count_params(model)
