@@ -136,6 +136,20 @@ def cmd_serve(ns) -> int:
     return serve(ns)
 
 
+def cmd_export(ns) -> int:
+    from export import ExportError, run_export
+    experiment_dir = resolve_experiment(ns.experiment)
+    try:
+        manifest = run_export(experiment_dir, ns.system, ns.format, ns.out, ns.converter, ns.dtype)
+    except ExportError as e:
+        print(f"musicprod export: error: {e}", file=sys.stderr)
+        return 2
+    for name, entry in manifest["files"].items():
+        if name.endswith((".gguf", ".safetensors", "Modelfile", "README.md")):
+            print(f"  {name:48s} {entry['bytes'] / 2**20:9.1f} MiB  sha256 {entry['sha256'][:16]}")
+    return 0
+
+
 def cmd_rate(ns) -> int:
     from harness import ratings
     experiment_dir = resolve_experiment(ns.experiment)
@@ -254,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     from server.main import add_arguments as add_serve_arguments
     add_serve_arguments(s)
     s.set_defaults(func=cmd_serve)
+    x = sub.add_parser("export", help="ship a system (default: the champion): merged folder, GGUF, Ollama Modelfile")
+    x.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
+    x.add_argument("--system", default=None, help="a trained system or 'base' (default: the champion)")
+    x.add_argument("--format", action="append", default=None, metavar="merged|gguf|ollama",
+                   help="repeatable or comma-separated (default: all three; ollama includes the gguf)")
+    x.add_argument("--out", default=None, help="default runs/<experiment>/export/<system>/")
+    x.add_argument("--converter", default=None, help="llama.cpp's convert_hf_to_gguf.py (offline; default: fetched "
+                                                     "once from the pinned llama-cpp-python sdist)")
+    x.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="merged weights (auto: the base checkpoint's dtype)")
+    x.set_defaults(func=cmd_export)
     h = sub.add_parser("rate", help="human ratings: serve the blind rating UI, or --stats/--export/--import")
     h.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
     h.add_argument("--host", default="127.0.0.1",
