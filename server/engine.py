@@ -5,6 +5,11 @@ Why a hand-written decoding loop instead of `model.generate`: generate applies o
 (temperature, top_p, seed, stop strings) to a whole batch and cannot stream rows separately; a server batch mixes
 requests with different settings and streams each one as it goes. The loop is the usual KV-cached one: a
 left-padded prefill, then one token per row per step, rows leaving the batch (and the cache) as they finish.
+
+A batch is also bounded in tokens (`max_batch_tokens`): every row is padded to the longest prompt and may run to
+the largest max_new_tokens, so one long request would make every row pay its prefill, and several long ones could
+exhaust memory (on CPU the kernel kills the process). A request that does not fit waits for the next batch, first
+in line.
 """
 from __future__ import annotations
 
@@ -83,14 +88,25 @@ class _Row:
                                                        else int.from_bytes(uuid.uuid4().bytes[:6], "big"))
 
 
+def kv_tokens(batch: list[Request]) -> int:
+    """KV-cache positions a batch can reach: rows x (longest prompt + largest max_new_tokens)."""
+    return len(batch) * (max(len(r.prompt_ids) for r in batch) + max(r.params.max_new_tokens for r in batch))
+
+
+def _expired(req: Request) -> bool:
+    return req.cancelled.is_set() or time.monotonic() > req.deadline
+
+
 class Engine:
     def __init__(self, *, max_queue: int = 64, max_batch: int = 16, batch_window_ms: float = 5.0,
-                 metrics=None):
+                 max_batch_tokens: int = 16384, metrics=None):
         self.max_queue = max_queue
         self.max_batch = max(1, max_batch)
         self.batch_window_s = batch_window_ms / 1000.0
+        self.max_batch_tokens = max_batch_tokens
         self.metrics = metrics
         self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
+        self._held: Request | None = None  # taken from the queue but over the token budget: next batch's first
         self._generate_lock = threading.Lock()  # documents and enforces: one thread inside generate
         self._tok_lock = threading.Lock()  # HF fast tokenizers are not safe for concurrent use
         self.loaded = None  # server.loading.LoadedModel once ready
@@ -126,7 +142,7 @@ class Engine:
         self._stop.set()
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._held is not None)
 
     # ---- tokenizer helpers (request threads) -------------------------------------------------------------
     @property
@@ -137,9 +153,13 @@ class Engine:
     def context_length(self) -> int:
         return self.loaded.load_info["context_length"]
 
+    def _not_ready(self) -> NotReady:
+        # the load error itself (paths, exception text) is for /info and the log, not for every client
+        return NotReady("the model failed to load" if self.load_error else "the model is loading")
+
     def encode_prompt(self, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
         if not self.loaded:
-            raise NotReady(self.load_error or "model is loading")
+            raise self._not_ready()
         tok = self.loaded.tokenizer
         with self._tok_lock:
             if messages is not None:
@@ -158,7 +178,7 @@ class Engine:
     # ---- submission ----------------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], params: SamplingParams, timeout_s: float) -> Request:
         if not self.ready:
-            raise NotReady(self.load_error or "model is loading")
+            raise self._not_ready()
         req = Request(prompt_ids, params, time.monotonic() + timeout_s)
         try:
             self._queue.put_nowait(req)
@@ -167,28 +187,38 @@ class Engine:
         return req
 
     # ---- worker --------------------------------------------------------------------------------------------
+    def _take(self, until: float) -> Request | None:
+        """The next live request, waiting until `until` (monotonic) at most; the held-back one comes first.
+        Expired and cancelled requests are answered here and skipped, so they take no room in a batch."""
+        while True:
+            if self._held is not None:
+                req, self._held = self._held, None
+            else:
+                remaining = until - time.monotonic()
+                try:
+                    req = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    return None
+            if not _expired(req):
+                return req
+            req.cancel()
+            req.events.put(Event("error", error="timeout"))
+
     def _collect_batch(self) -> list[Request]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
+        first = self._take(time.monotonic() + 0.2)
+        if first is None:
             return []
-        batch = [first]
+        batch = [first]  # alone it may exceed the budget: the context length bounds it
         window_end = time.monotonic() + self.batch_window_s
         while len(batch) < self.max_batch:
-            remaining = window_end - time.monotonic()
-            try:
-                batch.append(self._queue.get_nowait() if remaining <= 0 else self._queue.get(timeout=remaining))
-            except queue.Empty:
+            req = self._take(window_end)
+            if req is None:
                 break
-        now = time.monotonic()
-        live = []
-        for req in batch:
-            if req.cancelled.is_set() or now > req.deadline:
-                req.cancel()
-                req.events.put(Event("error", error="timeout"))
-            else:
-                live.append(req)
-        return live
+            if kv_tokens([*batch, req]) > self.max_batch_tokens:
+                self._held = req  # not skipped over: later short requests must not starve it
+                break
+            batch.append(req)
+        return batch
 
     def _worker(self) -> None:
         while not self._stop.is_set():
@@ -201,10 +231,10 @@ class Engine:
                     self.metrics.queue_wait.observe(time.monotonic() - req.enqueued_at)
             try:
                 self.generate(batch)
-            except Exception as e:  # a bug or OOM must not kill the worker: fail this batch, keep serving
-                log.exception("generation failed")
+            except Exception:  # a bug or OOM must not kill the worker: fail this batch, keep serving
+                log.exception("generation failed for requests %s", [req.id for req in batch])
                 for req in batch:
-                    req.events.put(Event("error", error=f"{type(e).__name__}: {e}"))
+                    req.events.put(Event("error", error="failed"))
 
     def generate(self, batch: list[Request]) -> None:
         if not self._generate_lock.acquire(blocking=False):

@@ -2,7 +2,8 @@
 
 Security: the server never opens a model or adapter folder outside the configured roots (the runs dir and
 the model dirs); every path from champion.json, adapter_config.json or the command line is resolved (symlinks
-and '..' included) and checked against those roots before anything is read from it.
+and '..' included) and checked against those roots before anything is read from it, and so is every file inside
+the folder: a weights file may itself be a symlink out of it.
 """
 from __future__ import annotations
 
@@ -44,14 +45,23 @@ class Roots:
     def all(self) -> list[Path]:
         return [self.runs_dir, *self.model_dirs]
 
+    def allows(self, resolved: Path) -> bool:
+        return any(resolved == root or resolved.is_relative_to(root) for root in self.all())
+
+    def _outside(self, shown: str, resolved: Path, what: str, origin: str) -> ServeError:
+        allowed = ", ".join(str(r) for r in self.all())
+        return ServeError(f"{origin}: {what} {shown!r} resolves to {resolved}, outside the allowed directories "
+                          f"({allowed}); add its parent with --model-dir if it is trusted")
+
     def check(self, path: str | Path, what: str, origin: str) -> Path:
         resolved = Path(path).expanduser().resolve()
-        if not any(resolved == root or resolved.is_relative_to(root) for root in self.all()):
-            allowed = ", ".join(str(r) for r in self.all())
-            raise ServeError(f"{origin}: {what} {str(path)!r} resolves to {resolved}, outside the allowed "
-                             f"directories ({allowed}); add its parent with --model-dir if it is trusted")
+        if not self.allows(resolved):
+            raise self._outside(str(path), resolved, what, origin)
         if not resolved.is_dir():
             raise ServeError(f"{origin}: {what} {str(path)!r} is not a directory")
+        for entry in resolved.rglob("*"):
+            if entry.is_symlink() and not self.allows(entry.resolve()):
+                raise self._outside(str(entry), entry.resolve(), f"file in {what}", origin)
         return resolved
 
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.engine import Engine, SamplingParams
+from server.engine import Engine, Request, SamplingParams
 from server.loading import ServeError, from_adapter, from_champion, load_model, make_roots
 from tests.server_helpers import make_experiment
 
@@ -42,22 +44,56 @@ def _run(engine, prompt_ids, **params):
             return "".join(parts), logprobs, req
 
 
+def _request(prompt_ids, **params) -> Request:
+    return Request(prompt_ids, SamplingParams(**params), time.monotonic() + 60)
+
+
+def _logprobs(req: Request) -> list[dict]:
+    events = [req.events.get_nowait() for _ in range(req.events.qsize())]
+    assert events[-1].kind == "done", events[-1]
+    return [entry for ev in events for entry in ev.logprobs or []]
+
+
 def test_left_padding_does_not_change_outputs(engine):
     """A short prompt batched with longer ones (so it is left-padded) gives the same greedy tokens and logprobs
-    as on its own."""
+    as on its own. One generate call makes the batch (no timing), and tokens are compared only while the top two
+    candidates are 1e-3 apart: padding moves logits by ~1e-6, so a nearer tie may legitimately break the other
+    way, after which the two continuations need not agree."""
     short = engine.encode_prompt("Kick")
     longer = [engine.encode_prompt("A much longer prompt about mixing the low end of a dance track " * k)
               for k in (1, 2, 3)]
-    alone_text, alone_lp, _ = _run(engine, short, max_new_tokens=8, temperature=0, logprobs=True, ignore_eos=True)
-    batches_before = engine.batches_run
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(_run, engine, ids, max_new_tokens=8, temperature=0, logprobs=True, ignore_eos=True)
-                   for ids in [short, *longer]]
-        batched_text, batched_lp, _ = futures[0].result()
-        [f.result() for f in futures[1:]]
-    assert engine.batches_run - batches_before < 4  # they really shared a batch
-    assert batched_text == alone_text
-    assert [e["logprob"] for e in batched_lp] == pytest.approx([e["logprob"] for e in alone_lp], abs=1e-4)
+    params = dict(max_new_tokens=8, temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
+    alone = _request(short, **params)
+    engine.generate([alone])
+    batch = [_request(ids, **params) for ids in [short, *longer]]
+    engine.generate(batch)
+    compared = 0
+    for a, b in zip(_logprobs(alone), _logprobs(batch[0]), strict=True):
+        assert b["logprob"] == pytest.approx(a["logprob"], abs=1e-4)
+        top1, top2 = a["top_logprobs"]
+        if top1["logprob"] - top2["logprob"] < 1e-3:
+            break
+        assert b["token"] == a["token"]
+        compared += 1
+    assert compared >= 4  # this fixture's margins are far above 1e-3: the comparison is not vacuous
+
+
+def test_token_budget_keeps_a_long_request_out_of_a_short_batch():
+    """rows x (longest prompt + largest max_new_tokens) <= max_batch_tokens; the request that does not fit goes
+    first into the next batch (not skipped over), and a cancelled one takes no room."""
+    engine = Engine(max_batch=8, batch_window_ms=0, max_batch_tokens=100)  # the policy alone: no model, no worker
+    shorts = [_request([1] * 10, max_new_tokens=10) for _ in range(4)]
+    long = _request([1] * 60, max_new_tokens=20)
+    cancelled = _request([1] * 10, max_new_tokens=10)
+    cancelled.cancel()
+    for req in (shorts[0], long, cancelled, shorts[1], shorts[2], shorts[3]):
+        engine._queue.put_nowait(req)
+    assert engine._collect_batch() == [shorts[0]]  # 2 x (60 + 20) = 160 > 100
+    assert engine.queue_depth() == 5  # the held request still counts as waiting
+    assert engine._collect_batch() == [long]  # alone over the budget is allowed: the context length bounds it
+    assert cancelled.events.get_nowait().error == "timeout"
+    assert engine._collect_batch() == shorts[1:]  # 3 x 20 = 60
+    assert engine.queue_depth() == 0
 
 
 def test_never_two_threads_inside_the_model(engine):
@@ -108,3 +144,32 @@ def test_paths_outside_roots_are_refused(fake_root, tiny_model_dir, tmp_path):
             from_champion("fake", roots, cache)
     finally:
         champ_file.write_text(good)
+
+
+def test_symlinked_files_out_of_allowed_folders_are_refused(fake_root, tiny_model_dir, tmp_path):
+    """The folder is inside the runs dir, but one of its files (or subfolders) leads out of every allowed root."""
+    cache = "~/.cache/musicprod/models"
+    roots = make_roots(fake_root / "runs", [str(tiny_model_dir)], cache)
+    adapter = fake_root / "runs" / "fake" / "hf-lora" / "adapter"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(adapter / "adapter_model.safetensors", outside / "weights.safetensors")
+    for name, link_to in (("file-link", outside / "weights.safetensors"), ("dir-link", outside)):
+        evil = fake_root / "runs" / "fake" / name / "adapter"
+        shutil.copytree(adapter, evil)
+        if name == "file-link":
+            (evil / "adapter_model.safetensors").unlink()
+            (evil / "adapter_model.safetensors").symlink_to(link_to)
+        else:
+            (evil / "extra").symlink_to(link_to, target_is_directory=True)
+        with pytest.raises(ServeError, match=r"file in --adapter .* outside the allowed directories"):
+            from_adapter(str(evil), roots, cache, str(tiny_model_dir))
+        shutil.rmtree(evil.parent)
+    inside = fake_root / "runs" / "fake" / "inside-link" / "adapter"  # a link that stays inside is fine
+    shutil.copytree(adapter, inside)
+    (inside / "adapter_model.safetensors").unlink()
+    (inside / "adapter_model.safetensors").symlink_to(adapter / "adapter_model.safetensors")
+    try:
+        assert from_adapter(str(inside), roots, cache, str(tiny_model_dir)).adapter_path == str(inside)
+    finally:
+        shutil.rmtree(inside.parent)
