@@ -1,18 +1,21 @@
 """Flask application factory: `/generate`, OpenAI-compatible `/v1/chat/completions` + `/v1/models`,
-`/health`, `/ready`, `/metrics`, `/openapi.json`.
+`/health`, `/ready`, `/info`, `/metrics`, `/openapi.json`.
 
 All generation goes through the Engine's bounded queue and single model worker; request threads only
 validate, tokenize, enqueue and wait.
+
+With a key set, every route but the probes (/health, /ready) needs it. Error bodies never carry exception text
+(it names files and memory figures); the log has the details, under the request id.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
 import queue
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flask import Flask, Response, g, jsonify, request, stream_with_context
 from pydantic import ValidationError
@@ -21,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from server import schemas
 from server.engine import Engine, Event, NotReady, QueueFull, Request, SamplingParams
 from server.metrics import Metrics
+from server.security import bearer_token, host_allowed, same_secret
 
 log = logging.getLogger("musicprod.server")
 
@@ -38,7 +42,10 @@ def sampling_from_decoding(decoding: dict | None) -> tuple[dict, int | None]:
              "repetition_penalty": float(decoding.get("repetition_penalty", 1.0)),
              "no_repeat_ngram_size": int(decoding.get("no_repeat_ngram_size", 0))},
             decoding.get("max_new_tokens") or decoding.get("max_gen_toks"))
-PROTECTED_PREFIXES = ("/generate", "/v1/")  # model endpoints; other blueprints do their own auth
+
+
+OPEN_PATHS = ("/health", "/ready")  # probes: container health checks and load balancers send no key
+DISCONNECT_POLL_S = 0.1  # how often a waiting request thread checks whether its client is still there
 
 
 @dataclass
@@ -53,6 +60,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20  # larger bodies -> 413
     api_key: str | None = None  # bearer key; None = open
     retry_after_s: int = 1
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names served (server.security.allowed_hosts)
 
     @classmethod
     def from_env(cls, **overrides) -> "ServeSettings":
@@ -69,8 +77,9 @@ class ApiError(Exception):
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-               503: "server_unavailable", 504: "timeout_error"}
+               405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+               429: "rate_limit_error", 499: "client_closed_request", 503: "server_unavailable",
+               504: "timeout_error"}
 
 
 def _error_response(status: int, message: str, type_: str | None = None, param=None, code=None, headers=None):
@@ -94,7 +103,9 @@ def _parse(model_cls):
     try:
         return model_cls.model_validate(obj)
     except ValidationError as e:
-        first = e.errors(include_url=False)[0]
+        # the deepest location is the most specific: for a union field (stop: str | list) it is the member
+        # that got furthest ("stop.1: at most 256 characters", not "stop: Input should be a valid string")
+        first = max(e.errors(include_url=False), key=lambda err: len(err["loc"]))
         param = schemas.parse_error_param(first)
         n = e.error_count()
         more = f" (and {n - 1} more)" if n > 1 else ""
@@ -107,7 +118,9 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
     metrics = metrics or engine.metrics or Metrics()
     engine.metrics = metrics
     metrics.bind_engine(engine)
-    app = Flask("musicprod-server")
+    # No static folder, and a root inside the package: Flask's default root is the cwd, whose static/ it would
+    # serve to anyone, key or not.
+    app = Flask("musicprod-server", static_folder=None, root_path=str(Path(__file__).resolve().parent))
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, DEBUG=False, PROPAGATE_EXCEPTIONS=False,
                       JSON_SORT_KEYS=False)
     app.extensions["musicprod"] = {"engine": engine, "settings": settings, "metrics": metrics}
@@ -118,12 +131,24 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
     def _start():
         g.t0 = time.perf_counter()
         g.streaming = False
-        if settings.api_key and request.path.startswith(PROTECTED_PREFIXES):
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
-            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-                raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if not host_allowed(request.host, settings.allowed_hosts):
+            raise ApiError(400, f"Host {request.host!r} is not a name this server answers to (a DNS rebinding "
+                           "page?); start it with --allowed-host NAME to add one", code="untrusted_host")
+        if request.blueprint is None:  # blueprints (the rating UI) check their own tokens
+            _check_key()
+            _check_json_body()
+
+    def _check_key() -> None:
+        if settings.api_key and request.path not in OPEN_PATHS and \
+                not same_secret(bearer_token(request.headers.get("Authorization")), settings.api_key):
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def _check_json_body() -> None:
+        # A browser sends text/plain and form bodies cross-site without asking (no CORS preflight); JSON it does not.
+        if request.method == "POST" and request.mimetype != "application/json":
+            raise ApiError(415, f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
+                           param="Content-Type", code="unsupported_media_type")
 
     def _endpoint_label() -> str:
         return request.url_rule.rule if request.url_rule else "unmatched"
@@ -158,7 +183,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         try:
             ids = engine.encode_prompt(prompt, messages)
         except NotReady as e:
-            raise ApiError(503, f"model not ready: {e}", headers={"Retry-After": "5"}) from None
+            raise ApiError(503, f"model not ready ({e})", headers={"Retry-After": "5"}) from None
         if not ids:
             raise ApiError(400, "prompt is empty after tokenization", param="prompt", code="invalid_value")
         if len(ids) + max_new > engine.context_length:
@@ -173,19 +198,36 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
             raise ApiError(429, f"{e}; retry later", code="queue_full",
                            headers={"Retry-After": str(settings.retry_after_s)}) from None
         except NotReady as e:
-            raise ApiError(503, f"model not ready: {e}", headers={"Retry-After": "5"}) from None
+            raise ApiError(503, f"model not ready ({e})", headers={"Retry-After": "5"}) from None
+
+    def _client_gone() -> bool:
+        check = request.environ.get("waitress.client_disconnected")  # see channel_request_lookahead in main
+        return bool(check and check())
+
+    def _wait_event(req: Request) -> Event:
+        """The request's next event. Checks the client before each event and waits in short slices: a client
+        that hung up must not keep the model busy (nothing else tells the worker before the answer is complete)."""
+        while True:
+            if _client_gone():
+                req.cancel()
+                metrics.cancelled.inc()
+                raise ApiError(499, "client closed the connection", code="client_closed_request")
+            left = req.deadline - time.monotonic() + 0.05  # past the deadline the worker reports it first
+            try:
+                return req.events.get(timeout=max(0.0, min(DISCONNECT_POLL_S, left)))
+            except queue.Empty:
+                if left <= DISCONNECT_POLL_S:
+                    return Event("error", error="timeout")
 
     def _next_event(req: Request) -> Event:
-        try:
-            ev = req.events.get(timeout=max(0.0, req.deadline - time.monotonic()) + 0.05)
-        except queue.Empty:
-            ev = Event("error", error="timeout")
+        ev = _wait_event(req)
         if ev.kind == "error":
             req.cancel()
             if ev.error == "timeout":
                 raise ApiError(504, f"generation did not finish within {settings.request_timeout_s} s",
                                "timeout_error", code="timeout")
-            raise ApiError(500, f"generation failed: {ev.error}", "server_error")
+            raise ApiError(500, f"generation failed (request {req.id}; the server log has the details)",
+                           "server_error")
         return ev
 
     def _collect(req: Request) -> tuple[str, list, str]:
@@ -212,9 +254,14 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
 
     @app.get("/ready")
     def ready():
-        body = {"ready": engine.ready, "model": engine.model_id if engine.loaded else None,
-                "error": engine.load_error, "load_info": engine.loaded.load_info if engine.loaded else None}
-        return jsonify(body), (200 if engine.ready else 503)
+        return jsonify({"ready": engine.ready, "model": engine.model_id if engine.loaded else None}), \
+            (200 if engine.ready else 503)
+
+    @app.get("/info")
+    def info():
+        """What /ready leaves out for unauthenticated callers: folders, load settings and timings, the load error."""
+        return jsonify({"ready": engine.ready, "model": engine.model_id if engine.loaded else None,
+                        "error": engine.load_error, "load_info": engine.loaded.load_info if engine.loaded else None})
 
     @app.get("/metrics")
     def prometheus():

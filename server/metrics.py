@@ -27,6 +27,8 @@ class Metrics:
                                  registry=r)
         self.batch_size = Histogram("musicprod_batch_size", "Requests per generated batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.cancelled = Counter("musicprod_client_disconnects_total", "Requests whose client hung up before the "
+                                 "answer was complete; their generation was stopped", registry=r)
         self.queue_wait = Histogram("musicprod_queue_wait_seconds", "Time from enqueue to batch start",
                                     buckets=LATENCY_BUCKETS, registry=r)
 

@@ -14,8 +14,8 @@ def _json(ref: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     text = {400: "Invalid request (schema, cap, context length)", 401: "Missing or wrong API key",
-            404: "Unknown model", 413: "Request body too large", 429: "Queue full (see Retry-After)",
-            503: "Model not loaded yet", 504: "Generation timed out"}
+            404: "Unknown model", 413: "Request body too large", 415: "Content-Type is not application/json",
+            429: "Queue full (see Retry-After)", 503: "Model not loaded yet", 504: "Generation timed out"}
     return {str(c): {"description": text[c], "content": _json("ErrorResponse")} for c in codes}
 
 
@@ -43,7 +43,7 @@ def build_spec(settings, model_id: str | None = None) -> dict:
     models = [(schemas.GenerateRequest, "validation"), (schemas.GenerateResponse, "serialization"),
               (schemas.ChatCompletionRequest, "validation"), (schemas.ChatCompletion, "serialization"),
               (schemas.ModelList, "serialization"), (schemas.ErrorResponse, "serialization"),
-              (schemas.Health, "serialization"), (schemas.Ready, "serialization")]
+              (schemas.Health, "serialization"), (schemas.Ready, "serialization"), (schemas.Info, "serialization")]
     _, top = models_json_schema(models, ref_template=REF)
     components = {"schemas": top["$defs"]}
     _set_limits(components["schemas"], settings, model_id)
@@ -51,7 +51,8 @@ def build_spec(settings, model_id: str | None = None) -> dict:
     if settings.api_key:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         security = [{"bearer": []}]
-    gen_errors = _errors(400, 401, 413, 429, 503, 504) if settings.api_key else _errors(400, 413, 429, 503, 504)
+    auth = _errors(401) if settings.api_key else {}
+    gen_errors = {**_errors(400, 413, 415, 429, 503, 504), **auth}
     paths = {
         "/generate": {"post": {
             "summary": "Generate text from a prompt or chat messages", "operationId": "generate",
@@ -69,15 +70,19 @@ def build_spec(settings, model_id: str | None = None) -> dict:
         "/v1/models": {"get": {
             "summary": "The served model", "operationId": "listModels", "security": security,
             "responses": {"200": {"description": "Models", "content": _json("ModelList")},
-                          **(_errors(401, 503) if settings.api_key else _errors(503))}}},
+                          **_errors(503), **auth}}},
         "/health": {"get": {"summary": "Process alive", "operationId": "health",
                             "responses": {"200": {"description": "Alive", "content": _json("Health")}}}},
         "/ready": {"get": {"summary": "Model loaded", "operationId": "ready",
                            "responses": {"200": {"description": "Ready", "content": _json("Ready")},
                                          "503": {"description": "Loading or failed", "content": _json("Ready")}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
+        "/info": {"get": {"summary": "Load details: folders, dtype, merge, timings, the load error",
+                          "operationId": "info", "security": security,
+                          "responses": {"200": {"description": "Details", "content": _json("Info")}, **auth}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "security": security,
                              "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           **auth}}},
     }
     return {"openapi": "3.1.0",
             "info": {"title": "musicprod server", "version": "0.1.0",

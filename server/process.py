@@ -11,6 +11,7 @@ from pathlib import Path
 import requests
 
 from harness import OFFLINE_ENV
+from server.app import API_KEY_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 _URL = re.compile(r"listening on (http://\S+)")
@@ -20,6 +21,8 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict | None = None, ready_timeout_s: float = 300.0,
                  log_path: str | Path | None = None):
         full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+        key = full_env.get(API_KEY_ENV)
+        self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.log_path = Path(log_path) if log_path else None
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--host", "127.0.0.1",
@@ -38,19 +41,19 @@ class ServerProcess:
             raise
 
     def wait_ready(self, timeout_s: float) -> dict:
+        """Poll /info (with the key: /ready tells nobody why a load failed) until the model is loaded."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode} while loading (log {self.log_path})")
             try:
-                r = requests.get(f"{self.url}/ready", timeout=5)
-                body = r.json()
-                if r.status_code == 200:
+                body = requests.get(f"{self.url}/info", headers=self.auth, timeout=5).json()
+                if body.get("ready"):
                     self.load_info = body["load_info"]
                     return body
                 if body.get("error"):
                     raise RuntimeError(f"model failed to load: {body['error']}")
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy importing
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"server not ready after {timeout_s} s")

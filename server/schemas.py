@@ -6,7 +6,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+MAX_MESSAGES = 512  # ~35k empty messages fit in 1 MiB; each costs template and tokenizer work
+MAX_STOP_CHARS = 256  # the stream holds back len(stop) - 1 characters: a 1 MB stop string would hold back all
+
+
+def _valid_unicode(value: str) -> str:
+    """JSON can spell a lone surrogate ("\\ud800") that no tokenizer encodes: a 400 here, not a 500 there."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode (lone surrogate at character {e.start})") from None
+    return value
+
 
 def _integral_float(value):
     """JSON Schema calls 3.0 an integer; strict pydantic does not. Accept integral floats, nothing else."""
@@ -14,16 +27,25 @@ def _integral_float(value):
 
 
 Int = Annotated[int, BeforeValidator(_integral_float)]
-_StopStr = Annotated[str, Field(min_length=1)]
+
+
+def text(**limits):
+    """A str field with length limits that must also be valid Unicode (limits first: their messages say
+    "characters")."""
+    return Annotated[str, Field(**limits), AfterValidator(_valid_unicode)]
+
+
+_StopStr = text(min_length=1, max_length=MAX_STOP_CHARS)
 StopField = _StopStr | Annotated[list[_StopStr], Field(max_length=4)] | None
-_STOP = Field(None, description="Up to 4 strings; generation stops before the first one (not included).")
+_STOP = Field(None, description=f"Up to 4 strings of at most {MAX_STOP_CHARS} characters; generation stops before "
+                                "the first one (not included).")
 
 
 class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=200_000)
-    name: str | None = None
+    content: text(max_length=200_000)
+    name: text(max_length=256) | None = None
 
 
 def _check_stop(stop) -> list[str]:
@@ -37,8 +59,9 @@ class GenerateRequest(BaseModel):
     """`POST /generate`: exactly one of `prompt` (raw text, no chat template) or `messages` (chat template)."""
     model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
         "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
-    prompt: str | None = Field(None, min_length=1, max_length=200_000, description="Raw prompt text.")
-    messages: list[Message] | None = Field(None, min_length=1, description="Chat messages (chat template applied).")
+    prompt: text(min_length=1, max_length=200_000) | None = Field(None, description="Raw prompt text.")
+    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES,
+                                           description="Chat messages (chat template applied).")
     max_new_tokens: Int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies; "
                                 "default: the served model's evaluated setting).")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy (default: as evaluated).")
@@ -79,8 +102,8 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI `POST /v1/chat/completions`. Unknown fields are ignored like OpenAI-compatible servers do."""
     model_config = ConfigDict(strict=True, extra="ignore")
-    model: str = Field(min_length=1, max_length=256)
-    messages: list[Message] = Field(min_length=1)
+    model: text(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: Int | None = Field(None, ge=1)
     max_completion_tokens: Int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, description="Default: the served model's evaluated setting.")
@@ -168,10 +191,18 @@ class Health(BaseModel):
 class Ready(BaseModel):
     ready: bool
     model: str | None = None
+
+
+class Info(Ready):
     error: str | None = None
     load_info: dict | None = None
 
 
+_TYPE_TAGS = {"str", "list", "int", "float", "bool", "dict"}
+
+
 def parse_error_param(err: dict) -> str | None:
-    loc = [str(x) for x in err.get("loc", ())]
+    """The field path of a validation error, without the union member tags pydantic inserts ('str',
+    'function-after[...]'): "stop.0", not "stop.list[...].0"."""
+    loc = [str(x) for x in err.get("loc", ()) if isinstance(x, int) or (str(x).isidentifier() and x not in _TYPE_TAGS)]
     return ".".join(loc) or None
