@@ -35,7 +35,7 @@ def _chosen_experiment() -> Path | None:
 def gate_data(tmp_path_factory) -> dict:
     """{experiment, summary, champion, note}: the latest evaluated experiment, or a small fresh evaluation."""
     from harness.config import experiment_config
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     experiment = _chosen_experiment()
     if experiment is None:
         return {"experiment": None, "summary": None, "champion": None,

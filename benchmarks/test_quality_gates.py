@@ -11,7 +11,7 @@ import pytest
 
 from harness.layout import BASE_TARGET, is_system_target
 from harness.registry import QLORA_PAIRS
-from harness.stats import verdict
+from harness.eval.stats import verdict
 
 REPO = Path(__file__).resolve().parent.parent
 # QLoRA may trail LoRA by at most 5 points (CI lower bound) ...
@@ -95,8 +95,8 @@ def test_qlora_not_worse_than_lora(gate_data, qlora, lora, task, metric):
 def test_heldout_not_contaminated_by_training(gate_data):
     """The experiment's own training text (seed split and augmentations, from its run records) against the
     question files its evaluation read (MC options included)."""
-    from harness.datacheck import as_items, contamination, load_mc, load_qa
-    from harness.evaluate import training_rows
+    from harness.data.check import as_items, contamination, load_mc, load_qa
+    from harness.eval.run import training_rows
     if gate_data["experiment"] is None:
         pytest.skip(gate_data["note"])
     summary = gate_data["summary"] or {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness import set_offline_env
 from harness.config import ConfigError, describe, experiment_config, load_config, split_config_args, to_dict
-from harness.data import DatasetError
+from harness.data.load import DatasetError
 from harness.layout import resolve_experiment
 from harness.models import ModelError
 
@@ -69,13 +69,13 @@ def cmd_config(ns) -> int:
 
 
 def cmd_data(ns) -> int:
-    from harness.datacheck import run_check
+    from harness.data.check import run_check
     return run_check(ns.train, ns.benchmark_dir, semantic=not ns.no_semantic, augmented_path=ns.augmented or None,
                      dev_dir=ns.dev_dir or None)
 
 
 def cmd_eval(ns) -> int:
-    from harness.evaluate import EvalError, format_summary, run_eval
+    from harness.eval.run import EvalError, format_summary, run_eval
     from harness.layout import eval_dir
     experiment_dir = resolve_experiment(ns.experiment)
     cfg = experiment_config(experiment_dir, ns.overrides + ([f"eval.split={ns.split}"] if ns.split else []))
@@ -91,8 +91,8 @@ def cmd_eval(ns) -> int:
 
 
 def cmd_judge(ns) -> int:
-    from harness.judge import JudgeError, format_summary, run_judge
-    from harness.judge_config import describe_judge, load_judge_settings
+    from harness.judge.run import JudgeError, format_summary, run_judge
+    from harness.judge.config import describe_judge, load_judge_settings
     if ns.keys:
         for key, default, help_text in describe_judge():
             print(f"{key:18s} {default:28s} {help_text}")
@@ -121,7 +121,7 @@ BENCH_USAGE = {
 
 
 def cmd_bench(ns) -> int:
-    from harness import bench
+    from harness.bench import run as bench
     if ns.what in BENCH_USAGE and any(a in ("-h", "--help") for a in ns.args):
         print(BENCH_USAGE[ns.what])  # serve and gpu parse their own options (and --help)
         return 0

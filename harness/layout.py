@@ -7,7 +7,7 @@
       <system>/trainer/checkpoint-<N>/ resumable checkpoint (adapter or weights, optimizer, RNG) at step N
       eval/summary.json               aggregated quality on the held-out: metrics with 95 % bootstrap CIs,
                                       breakdowns by language, topic and key-fact coverage, paired deltas with
-                                      p-values (harness.evaluate)
+                                      p-values (harness.eval.run)
       eval-dev/...                    the same for the dev set (`musicprod eval --split dev`)
       eval/<target>/results.json      lm-eval results for one target: "base", a system, "<system>@<step>" (a
                                       checkpoint) or "lookup" (the nearest training answer, a reference)
@@ -16,7 +16,7 @@
                                       key_facts, answer, metrics{rougeL, bleu, chrf, key_fact_recall, semscore}
       eval/<target>/mc.jsonl          one MC item per line: id, lang, topic, acc, acc_norm, and the length-only
                                       baselines pick_longest, pick_shortest, chance
-      judge/<judge>/...               LLM-judge scores and reliability (harness.judge)
+      judge/<judge>/...               LLM-judge scores and reliability (harness.judge.run)
       ratings.sqlite                  human ratings (harness.ratings)
       champion.json                   the chosen system, read by the server (reports)
 """

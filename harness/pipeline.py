@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness import OFFLINE_ENV
 from harness.config import ExperimentConfig, to_dict
-from harness.data import experiment_rows
+from harness.data.load import experiment_rows
 from harness.io import write_json_atomic
 from harness.models import prepare
 from harness.records import base_record, now_iso, record_path, write_record
@@ -69,7 +69,7 @@ def run_experiment(cfg: ExperimentConfig, config_path: str | None, overrides: li
                            for s, r in records.items()}}
     path = cfg.experiment_dir / "experiment.json"
     write_json_atomic(path, summary)  # written after every stage: earlier results survive a later failure
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     from reports import build_report, choose_champion
     t = time.perf_counter()
     print("\n=== evaluating on the held-out benchmark ===", flush=True)

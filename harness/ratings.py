@@ -10,7 +10,7 @@ name stays on the server. An answer regenerated with different text gets a new u
 for a new answer: statistics use the *current* answer per (target, item), the one most recently queued.
 
 Statistics (summarize): per target and dimension the mean over answers (each answer's ratings averaged first) with
-a 95 % bootstrap CI (harness.stats), Krippendorff's ordinal alpha per dimension (the `krippendorff` package),
+a 95 % bootstrap CI (harness.eval.stats), Krippendorff's ordinal alpha per dimension (the `krippendorff` package),
 Spearman between the human mean and an LLM judge's score per answer, coverage, and pairwise win/tie/loss counts.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 from harness.io import read_jsonl
 from harness.layout import BASE_TARGET, eval_dir, judge_dir, ratings_db_path
-from harness.stats import mean_ci, spearman
+from harness.eval.stats import mean_ci, spearman
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
 SCORES = (1, 2, 3, 4, 5)

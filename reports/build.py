@@ -13,7 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from harness.io import atomic_dir, sha256_file
 from harness.layout import BASE_TARGET, LOOKUP_TARGET, champion_path, is_system_target, report_dir
 from harness.records import git_sha, now_iso
-from harness.stats import fdr_adjust
+from harness.eval.stats import fdr_adjust
 from reports import plots
 from reports.champion import RULE, decide, metric, peak_memory_mib
 from reports.load import Experiment, load_experiment, load_generations, read_json, reliable_judge
@@ -280,7 +280,7 @@ def human_section(exp: Experiment) -> dict | None:
 
 def _fact_marks(item: dict, answer: str) -> list[dict]:
     try:
-        from harness.metrics import key_fact_recall  # the evaluator's own matching, one fact at a time
+        from harness.eval.metrics import key_fact_recall  # the evaluator's own matching, one fact at a time
     except ImportError:
         return []
     return [{"fact": f.get("fact"), "hit": key_fact_recall([f], answer or "") == 1.0} for f in item.get("key_facts") or []]

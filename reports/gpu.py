@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from harness.bench_gpu import PAIRS, pair_ratios
+from harness.bench.figures import PAIRS, pair_ratios
 from harness.io import atomic_dir
 from harness.records import now_iso
 from reports.load import ReportError, read_json
@@ -43,7 +43,9 @@ PUBLISHED_CLAIMS = [
      "setting": "QLoRA r 8, LLaMA2-7B, 4-bit, max length 1024", "baseline": "HF (eager attention)", "pairs": ["QLoRA"],
      "speedup": (1.54, 1.54), "vram_saving": (0.22, 0.22)},
 ]
-SYSTEM_COLORS = {"hf-lora": "#1f77b4", "unsloth-lora": "#ff7f0e", "hf-qlora": "#2ca02c", "unsloth-qlora": "#d62728"}
+# one colour per system of the pairs, in pair order: HF blue/green, Unsloth orange/red
+SYSTEM_COLORS = dict(zip([name for _, hf, unsloth in PAIRS for name in (hf, unsloth)],
+                         ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]))
 
 
 # ---------- loading ----------

@@ -39,7 +39,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
-    repetition_penalty: float = 1.0  # over the answer so far (harness.generation.penalize_repeats)
+    repetition_penalty: float = 1.0  # over the answer so far (harness.eval.generation.penalize_repeats)
     no_repeat_ngram_size: int = 0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
@@ -287,7 +287,7 @@ class Engine:
     def _step_row(self, row: _Row, logits) -> int:
         """Pick the next token of one row (greedy or temperature + top-p with the row's own generator)."""
         import torch
-        from harness.generation import penalize_repeats
+        from harness.eval.generation import penalize_repeats
         p = row.p
         if row.tokens and (p.repetition_penalty != 1.0 or p.no_repeat_ngram_size):
             # the evaluation's own repetition control, so served answers are the measured ones

@@ -1,5 +1,5 @@
 """Fixture experiments for the report tests: run records modelled on a real one, per-item eval files, and the
-eval summary aggregated by the real harness.evaluate.summarize (so the report reads what evaluation writes)."""
+eval summary aggregated by the real harness.eval.run.summarize (so the report reads what evaluation writes)."""
 from __future__ import annotations
 
 import json
@@ -80,8 +80,8 @@ def cycle(pattern: list[float], n: int = N_ITEMS) -> list[float]:
 
 def write_eval(experiment_dir: Path, scores: dict[str, tuple[list[float], list[float]]],
                skipped: dict[str, str] | None = None, limit: int | None = None) -> dict:
-    """scores: target -> (per-item key-fact recall, per-item MC acc). Aggregated by harness.evaluate."""
-    from harness.evaluate import summarize
+    """scores: target -> (per-item key-fact recall, per-item MC acc). Aggregated by harness.eval.run."""
+    from harness.eval.run import summarize
     for target, (recall, acc) in scores.items():
         write_items(experiment_dir, target, recall, acc)
     targets = {t: {"adapter_path": None if t == "base" else f"{experiment_dir}/{t}/adapter", "wall_s": 30.0 + i}
@@ -98,7 +98,7 @@ def stats(mean: float, half: float, n: int = 24) -> dict:
 
 
 def write_judge(experiment_dir: Path, name: str, reliable: bool, correctness: dict[str, float]) -> dict:
-    """A judge summary exactly as CONTRACTS.md specifies (harness.judge is another stage's code)."""
+    """A judge summary exactly as CONTRACTS.md specifies (harness.judge.run is another stage's code)."""
     summary = {"judge": name, "backend": "hf", "created_at": "2026-11-24T15:00:00+00:00", "reliable": reliable,
                "reliability": {"sanity_pass_rate": 0.95 if reliable else 0.55, "sanity_n": 40,
                                "spearman_key_fact": {"rho": 0.62 if reliable else 0.1, "p_value": 0.001, "n": 72},

@@ -68,7 +68,7 @@ def test_killed_run_resumes_with_the_uninterrupted_loss_curve(tmp_path, tiny_mod
 
 def test_a_checkpoint_is_an_evaluation_target(tmp_path, tiny_model_dir, tiny_dataset):
     from harness.config import experiment_config
-    from harness.evaluate import EvalError, run_eval
+    from harness.eval.run import EvalError, run_eval
     args = [*_overrides(tmp_path, tiny_model_dir, tiny_dataset, "ckpt"), "train.max_steps=8"]
     assert _train(args).wait(timeout=600) == 0
     exp = tmp_path / "runs" / "ckpt"

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from harness.data import DatasetError, load_training_set, split_train_validation, to_prompt_completion
+from harness.data.load import DatasetError, load_training_set, split_train_validation, to_prompt_completion
 from tests.conftest import REPO, make_rows
 
 

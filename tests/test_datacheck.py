@@ -4,7 +4,7 @@ import json
 import pytest
 
 from harness import datacheck as dc
-from harness.data import DatasetError
+from harness.data.load import DatasetError
 from tests.conftest import REPO
 
 TRAIN = [

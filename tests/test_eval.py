@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from harness.config import DecodingSettings, EvalSettings
-from harness.metrics import UnicodeWordTokenizer, bleu, chrf, key_fact_recall, qa_scores, rouge_l, semscore
-from harness.stats import mean_ci, paired_delta
+from harness.eval.metrics import UnicodeWordTokenizer, bleu, chrf, key_fact_recall, qa_scores, rouge_l, semscore
+from harness.eval.stats import mean_ci, paired_delta
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def test_paired_delta_detects_shift_and_its_verdict_needs_both_tests():
 def test_sparse_one_fact_gains_are_not_significant():
     """The shape the issue found: 4 of 301 items better by one of three facts, none worse. The percentile
     bootstrap alone calls it better; the exact sign-flip test gives 2 * 0.5^4 = 0.125."""
-    from harness.stats import verdict
+    from harness.eval.stats import verdict
     a = np.zeros(301)
     a[:4] = 1 / 3
     r = paired_delta(a, np.zeros(301), resamples=4000)
@@ -151,7 +151,7 @@ def tiny_experiment(tmp_path_factory, tiny_model_dir):
 
 
 def test_eval_writes_items_summary_and_paired_tests(tiny_experiment):
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     settings = EvalSettings(batch_size=3, decoding=DecodingSettings(max_new_tokens=8), limit=3, dtype="float32",
                             bootstrap_resamples=500)
     summary = run_eval(tiny_experiment, settings)
@@ -180,7 +180,7 @@ def test_eval_writes_items_summary_and_paired_tests(tiny_experiment):
 
 
 def test_length_baselines_pick_the_first_of_tied_options():
-    from harness.evaluate import length_baselines
+    from harness.eval.run import length_baselines
     doc = {"choices": ["bb", "a", "cc", "ddd"], "answer": 0}
     assert length_baselines(doc) == {"pick_longest": 0.0, "pick_shortest": 0.0, "chance": 0.25}
     assert length_baselines({**doc, "answer": 3})["pick_longest"] == 1.0
@@ -206,7 +206,7 @@ def test_lm_eval_cli_finds_tasks_from_any_directory(tmp_path, tiny_model_dir):
 def test_greedy_generate_matches_hf_generate_and_drops_finished_rows(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from harness.generation import greedy_generate
+    from harness.eval.generation import greedy_generate
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     enc = tok(["How loud should a master be?", "EQ", "Why does my kick drum disappear in the mix on phones?"],
@@ -239,7 +239,7 @@ def _records_with_base(tmp_path, base_model):
 
 def test_eval_prepares_registry_base_here_when_recorded_folder_is_elsewhere(tmp_path, monkeypatch):
     """Run records from the GPU machine name its cache folder; here the same registry model, same GGUF, is used."""
-    from harness import evaluate
+    from harness.eval import run as evaluate
     from harness.models import ResolvedModel
 
     local = tmp_path / "prepared"
@@ -257,8 +257,7 @@ def test_eval_prepares_registry_base_here_when_recorded_folder_is_elsewhere(tmp_
 
 
 def test_eval_names_missing_unregistered_base(tmp_path):
-    from harness import evaluate
-
+    from harness.eval import run as evaluate
     exp = _records_with_base(tmp_path, {"name": "my/private-model", "path": "/nowhere/private"})
     with pytest.raises(evaluate.EvalError, match="my/private-model"):
         evaluate.experiment_targets(exp, include_base=True)
@@ -276,7 +275,7 @@ def _jsonl(path):
 def test_the_adapter_changes_what_is_scored(tiny_experiment):
     """An evaluation that scored the base model under an adapter's name would pass every other test: the
     adapter's MC log-likelihoods (and so its scores' inputs) must differ from the base model's."""
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     run_eval(tiny_experiment, _settings())
     lls = {t: [s["filtered_resps"] for s in _jsonl(tiny_experiment / "eval" / t / "samples_musicprod_mc.jsonl")]
            for t in ("base", "hf-lora")}
@@ -286,7 +285,7 @@ def test_the_adapter_changes_what_is_scored(tiny_experiment):
 
 def test_base_evaluation_is_reused_until_its_key_changes(tiny_experiment, tmp_path):
     import shutil
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     other = tmp_path / "other"
     shutil.copytree(tiny_experiment / "hf-lora", other / "hf-lora")
     first = run_eval(tiny_experiment, _settings(), only=["base"])
@@ -300,7 +299,7 @@ def test_base_evaluation_is_reused_until_its_key_changes(tiny_experiment, tmp_pa
 
 
 def test_lookup_answers_with_the_nearest_training_response(tiny_experiment):
-    from harness.evaluate import run_eval, training_rows
+    from harness.eval.run import run_eval, training_rows
     summary = run_eval(tiny_experiment, _settings(), only=["lookup"])
     assert summary["targets"]["lookup"]["reference"] is True
     responses = {r["response"] for r in training_rows(tiny_experiment)}
@@ -310,7 +309,7 @@ def test_lookup_answers_with_the_nearest_training_response(tiny_experiment):
 
 
 def test_coverage_slices_split_recall_by_what_training_states():
-    from harness.coverage import compute_coverage, recall_over
+    from harness.eval.coverage import compute_coverage, recall_over
     train = [{"id": "t1", "instruction": "How do I set a compressor ratio?", "response": "Use 4:1 on vocals."},
              {"id": "t2", "instruction": "What is sidechain compression?", "response": "Sidechain ducks the bass under the kick."}]
     qa = [{"id": "q", "question": "Which ratio should my vocal compressor use?",
@@ -327,7 +326,7 @@ def test_coverage_slices_split_recall_by_what_training_states():
 
 
 def test_summary_carries_coverage_slices_and_split(tiny_experiment):
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     summary = run_eval(tiny_experiment, _settings())
     slices = summary["targets"]["base"]["by_coverage"]["qa"]
     assert set(slices) == {"stated in training", "not stated in training", "in the nearest training item"}
@@ -338,7 +337,7 @@ def test_summary_carries_coverage_slices_and_split(tiny_experiment):
 def test_repetition_control_changes_greedy_answers_only_where_they_repeat(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
-    from harness.generation import greedy_generate, penalize_repeats
+    from harness.eval.generation import greedy_generate, penalize_repeats
     logits = torch.tensor([[0.0, 5.0, 4.0, 1.0]])
     assert penalize_repeats(logits.clone(), torch.tensor([[1]]), repetition_penalty=2.0).argmax() == 2
     assert penalize_repeats(logits.clone(), torch.tensor([[3]]), repetition_penalty=2.0).argmax() == 1

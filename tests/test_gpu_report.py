@@ -1,4 +1,4 @@
-"""The Unsloth vs HF comparison (harness.bench_gpu.pair_ratios, reports.gpu) on fixture result folders.
+"""The Unsloth vs HF comparison (harness.bench.gpu.pair_ratios, reports.gpu) on fixture result folders.
 
 The fixture figures below are inputs invented for the test, not measurements: the tests check that ratios,
 repeat spreads, claim positions and the HTML follow from whatever a GPU run recorded.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench_gpu import pair_ratios, print_summary
+from harness.bench.gpu import pair_ratios, print_summary
 from reports.gpu import build_gpu_report, claim_check, compare, find_result_dirs, load_run, system_table
 from reports.load import ReportError
 from tests.test_report import assert_valid_html, text_of
@@ -163,7 +163,7 @@ def test_cpu_rehearsal_runs_the_whole_benchmark_and_feeds_the_report(tmp_path, t
     from harness import OFFLINE_ENV
     from tests.conftest import REPO
     out = tmp_path / "bench" / "rehearsal"
-    cmd = [sys.executable, "-m", "harness.bench_gpu", "--cpu-rehearsal", "--systems", "hf-lora,unsloth-lora",
+    cmd = [sys.executable, "-m", "harness.bench.gpu", "--cpu-rehearsal", "--systems", "hf-lora,unsloth-lora",
            "--seq-lens", "128", "--synthetic-steps", "2", "--synthetic-tokens-per-step", "256",
            "--synthetic-shape", "hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,"
                                 "num_key_value_heads=2,head_dim=16",

@@ -44,8 +44,8 @@ atexit.register(lambda: print("ATTEMPTS=" + json.dumps(attempts), flush=True))
 '''
 
 JUDGE_RUN = GUARD + r'''
-from harness.judge import make_judge, rubric_metrics, score_answer
-from harness.judge_config import load_judge_settings
+from harness.judge.run import make_judge, rubric_metrics, score_answer
+from harness.judge.config import load_judge_settings
 model_dir, cache_dir = sys.argv[1], sys.argv[2]
 judge = make_judge(load_judge_settings(None, [f"model={model_dir}", "reason_tokens=2"]), cache_dir)
 scores = score_answer(rubric_metrics(judge), judge, "What does a high-pass filter do?", "It cuts lows.",

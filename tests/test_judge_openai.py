@@ -1,5 +1,5 @@
 """The OpenAI-compatible judge backend against a real HTTP server on 127.0.0.1 (no mocked HTTP layer): a small
-http.server speaking POST /v1/chat/completions, backed by the tiny random HF model through harness.judge_engine
+http.server speaking POST /v1/chat/completions, backed by the tiny random HF model through harness.judge.hf_engine
 (honouring response_format json_schema and logprobs as vLLM / llama.cpp / Ollama do)."""
 import json
 import threading
@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness.judge_config import load_judge_settings
+from harness.judge.config import load_judge_settings
 
 BENCH_QA = json.loads(open("benchmarks/musicprod/data/qa.json", encoding="utf-8").read())
 
@@ -49,7 +49,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from harness.judge_engine import HFChatEngine
+    from harness.judge.hf_engine import HFChatEngine
     return HFChatEngine(tiny_model_dir)
 
 
@@ -61,13 +61,13 @@ def _serve(engine, with_logprobs=True):
 
 
 def _score(judge, answer):
-    from harness.judge import rubric_metrics, score_answer
+    from harness.judge.run import rubric_metrics, score_answer
     item = BENCH_QA[1]
     return score_answer(rubric_metrics(judge), judge, item["question"], answer, item["reference"], item["key_facts"])
 
 
 def test_openai_backend_over_real_http_matches_local_backend(engine, tiny_model_dir, tmp_path, monkeypatch):
-    from harness.judge import make_judge, pairwise_verdict
+    from harness.judge.run import make_judge, pairwise_verdict
     server = _serve(engine)
     try:
         monkeypatch.setenv("MUSICPROD_TEST_JUDGE_KEY", "sk-local-test")
@@ -94,7 +94,7 @@ def test_openai_backend_over_real_http_matches_local_backend(engine, tiny_model_
 
 
 def test_endpoint_without_logprobs_falls_back_to_integer_scores(engine, tmp_path):
-    from harness.judge import make_judge
+    from harness.judge.run import make_judge
     server = _serve(engine, with_logprobs=False)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -110,7 +110,7 @@ def test_endpoint_without_logprobs_falls_back_to_integer_scores(engine, tmp_path
 
 
 def test_logprobs_off_uses_schema_constrained_output(engine, tmp_path):
-    from harness.judge import make_judge
+    from harness.judge.run import make_judge
     server = _serve(engine)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -164,7 +164,7 @@ class ScriptedJudge:
 @pytest.mark.parametrize("reference_scores, off_topic_scores, reliable", [(5, 1, True), (1, 5, False)],
                          ids=["prefers-reference", "reversed"])
 def test_reliability_verdict_follows_what_the_judge_says(tmp_path, reference_scores, off_topic_scores, reliable):
-    from harness.judge import run_judge
+    from harness.judge.run import run_judge
     from tests.test_judge import _fixture_experiment
     exp = _fixture_experiment(tmp_path / "exp", BENCH_QA[:3])
     server = _serve(ScriptedJudge([q["reference"] for q in BENCH_QA], reference_scores, off_topic_scores))

@@ -198,7 +198,7 @@ def test_bench_gpu_refuses_without_cuda():
 
 
 def test_mfu_uses_the_known_peak_or_none():
-    from harness.bench_gpu import flops_per_token, mfu, peak_bf16_tflops
+    from harness.bench.gpu import flops_per_token, mfu, peak_bf16_tflops
     assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_bf16_tflops("NVIDIA L4") == 121.0
     assert peak_bf16_tflops("NVIDIA GeForce RTX 4090") is None and mfu(1e5, 1e9, "RTX 4090") is None
@@ -210,7 +210,7 @@ def test_mfu_uses_the_known_peak_or_none():
 def test_synthetic_model_is_llama_32_1b_shaped_with_the_tokenizer_vocabulary(model_cache):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
-    from harness.bench_gpu import synthetic_config
+    from harness.bench.gpu import synthetic_config
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
     config = synthetic_config(len(tok), tok.eos_token_id, tok.pad_token_id, tok.bos_token_id)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
@@ -224,8 +224,8 @@ def test_synthetic_model_is_llama_32_1b_shaped_with_the_tokenizer_vocabulary(mod
 
 def test_synthetic_dataset_is_longer_than_the_sequence_length(tmp_path, model_cache):
     from transformers import AutoTokenizer
-    from harness.bench_gpu import synthetic_dataset
-    from harness.data import load_training_set
+    from harness.bench.gpu import synthetic_dataset
+    from harness.data.load import load_training_set
     path = synthetic_dataset(tmp_path / "s.json", "data/music_production_dataset.json", min_chars=512 * 6, n_items=5)
     rows = load_training_set(path)  # passes the training-set checks
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")

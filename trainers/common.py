@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from harness.config import ExperimentConfig
-from harness.data import dataset_fingerprint, experiment_rows, to_prompt_completion
+from harness.data.load import dataset_fingerprint, experiment_rows, to_prompt_completion
 from harness.records import peak_rss_mib, rss_mib
 
 WARMUP_STEPS_EXCLUDED = 2  # first optimizer steps pay one-off costs (allocator, kernel selection)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from harness.datacheck import load_qa
+from harness.data.check import load_qa
 from harness.layout import ratings_db_path
 from harness.ratings import DIMENSIONS, RatingStore, answer_uid, human_scores
 

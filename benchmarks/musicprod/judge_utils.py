@@ -1,7 +1,7 @@
 """lm-eval glue for `musicprod_judge`: the held-out QA answered by generation, each answer scored by the LLM judge
 (deepeval G-Eval, 1-5 per dimension), plus the judge's sanity pass rate so an unreliable judge shows in the results.
 
-Judge settings (harness.judge_config.JudgeSettings), lowest to highest precedence: the defaults (local
+Judge settings (harness.judge.config.JudgeSettings), lowest to highest precedence: the defaults (local
 smollm2-135m-instruct), MUSICPROD_JUDGE_CONFIG (a YAML file), MUSICPROD_JUDGE_<FIELD> variables, and task metadata:
     --metadata '{"judge": {"backend": "openai", "base_url": "http://127.0.0.1:11434/v1", "model": "qwen2.5:7b-instruct"},
                  "experiment_dir": "runs/default"}'
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import datasets
 
-from harness.datacheck import load_qa
-from harness.judge_config import settings_from_env
+from harness.data.check import load_qa
+from harness.judge.config import settings_from_env
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -44,15 +44,15 @@ def load_judge_dataset(qa_path: str | None = None, judge: dict | None = None, ex
 @functools.lru_cache(maxsize=2)
 def _judge(encoded: str):
     """One judge (model loaded once) and its metrics per distinct settings in this process."""
-    from harness.judge import make_judge, rubric_metrics
-    from harness.judge_config import load_judge_settings
+    from harness.judge.run import make_judge, rubric_metrics
+    from harness.judge.config import load_judge_settings
     settings = load_judge_settings(values=json.loads(encoded))
     judge = make_judge(settings, settings.cache_dir)
     return judge, rubric_metrics(judge)
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    from harness.judge import DIMENSIONS, score_answer
+    from harness.judge.run import DIMENSIONS, score_answer
     judge, metrics = _judge(doc["judge_settings"])
     scores = score_answer(metrics, judge, doc["question"], results[0].strip(), doc["reference"], doc.get("key_facts"))
     return {f"judge_{d}": scores[d] for d in DIMENSIONS} | {"judge_sanity_pass_rate": doc["judge_settings"]}
@@ -66,7 +66,7 @@ def mean_scored(items: list) -> float:
 
 @functools.lru_cache(maxsize=2)
 def _sanity(encoded: str) -> float:
-    from harness.judge import load_sanity_questions, mean_score, sanity_cases, score_answer, sanity_pass_rate
+    from harness.judge.run import load_sanity_questions, mean_score, sanity_cases, score_answer, sanity_pass_rate
     judge, metrics = _judge(encoded)
     rows = []
     for case in sanity_cases(load_sanity_questions(), judge.settings.sanity_items):

@@ -12,8 +12,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from harness.datacheck import load_mc, load_qa
-from harness.metrics import qa_scores
+from harness.data.check import load_mc, load_qa
+from harness.eval.metrics import qa_scores
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

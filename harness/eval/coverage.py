@@ -32,7 +32,7 @@ def _stated(pattern: str, joined: str) -> bool:
 
 def nearest_training_items(train: list[dict], questions: list[str]) -> list[int]:
     """Index of the training item whose instruction is nearest (MiniLM cosine) to each question."""
-    from harness.embeddings import encode
+    from harness.data.embeddings import encode
     sims = encode(questions) @ encode([r["instruction"] for r in train]).T
     return [int(i) for i in sims.argmax(axis=1)]
 

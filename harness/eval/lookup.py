@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.coverage import nearest_training_items
+from harness.eval.coverage import nearest_training_items
 
 
 def lookup_answers(train: list[dict], qa: list[dict]) -> list[str]:
@@ -17,7 +17,7 @@ def lookup_answers(train: list[dict], qa: list[dict]) -> list[str]:
 
 def lookup_choices(train: list[dict], mc: list[dict]) -> list[int]:
     """Per MC item, the index of the option nearest to the retrieved training response."""
-    from harness.embeddings import encode
+    from harness.data.embeddings import encode
     if not mc:
         return []
     answers = encode(lookup_answers(train, mc))

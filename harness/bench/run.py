@@ -68,7 +68,7 @@ def bench_eval(args: list[str]) -> int:
     import shutil
     from harness.layout import resolve_experiment
     from harness.config import experiment_config
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     positional = [a for a in args if "=" not in a]
     overrides = [a for a in args if "=" in a]
     source = resolve_experiment(positional[0] if positional else "default")
@@ -113,7 +113,7 @@ def bench_recipe(args: list[str]) -> int:
     import sys
     import time
     from harness.config import ExperimentConfig
-    from harness.evaluate import run_eval
+    from harness.eval.run import run_eval
     from harness.io import write_json_atomic
     from harness.layout import trainer_dir
     from harness.pipeline import check_and_prepare, train_system
@@ -169,7 +169,7 @@ def bench_recipe(args: list[str]) -> int:
 def planned_steps(cfg) -> tuple[int, int]:
     """(optimizer steps the config will run, steps per epoch): the trainer's own arithmetic."""
     import math
-    from harness.data import experiment_rows
+    from harness.data.load import experiment_rows
     train, _ = experiment_rows(cfg.data, cfg.train.seed)
     per_epoch = max(1, math.ceil(len(train) / (cfg.train.batch_size * cfg.distributed.num_processes)) // cfg.train.grad_accum)
     return (cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(per_epoch * cfg.train.epochs)), per_epoch
@@ -201,6 +201,6 @@ def main(what: str, args: list[str]) -> int:
     if what == "train":
         return bench_train(args)
     if what == "gpu":
-        from harness.bench_gpu import main as bench_gpu
+        from harness.bench.gpu import main as bench_gpu
         return bench_gpu(args)
     raise SystemExit(f"unknown benchmark {what!r}")

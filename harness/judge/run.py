@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from harness.io import atomic_dir, read_jsonl, write_json_atomic
-from harness.judge_config import JudgeSettings, judge_name
-from harness.judge_offline import import_deepeval
+from harness.judge.config import JudgeSettings, judge_name
+from harness.judge.offline import import_deepeval
 from harness.layout import BASE_TARGET, eval_dir, judge_dir
-from harness.stats import mean_ci, spearman
+from harness.eval.stats import mean_ci, spearman
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARK_QA = REPO / "benchmarks" / "musicprod" / "data" / "qa.json"
 BAR_TEXT = "prefers the reference over an off-topic answer in >= {:.0f} % of sanity cases"
 
@@ -117,7 +117,7 @@ def default_cache_dir(experiment_dir: str | Path) -> Path:
 def make_judge(settings: JudgeSettings, cache_dir: str | Path | None):
     """The configured backend as a deepeval model; deepeval is imported offline with its folder in `cache_dir`."""
     import_deepeval(cache_dir)
-    from harness.judge_backends import make_backend
+    from harness.judge.backends import make_backend
     return make_backend(settings)
 
 
@@ -245,7 +245,7 @@ def sanity_cases(qa_items: list[dict], n: int) -> list[dict]:
 
 
 def load_sanity_questions(path: Path = BENCHMARK_QA) -> list[dict]:
-    from harness.datacheck import load_qa
+    from harness.data.check import load_qa
     return load_qa(path)
 
 

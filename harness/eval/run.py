@@ -17,19 +17,19 @@ from pathlib import Path
 
 from harness import set_offline_env
 from harness.config import EvalSettings, experiment_config
-from harness.coverage import COVERAGE_SLICES, fact_coverage, recall_over
-from harness.data import experiment_rows
-from harness.datacheck import load_mc, load_qa
+from harness.eval.coverage import COVERAGE_SLICES, fact_coverage, recall_over
+from harness.data.load import experiment_rows
+from harness.data.check import load_mc, load_qa
 from harness.io import atomic_dir, cache_dir, read_jsonl, sha256_file, write_json_atomic
 from harness.layout import (BASE_TARGET, GENERATIONS_FILE, LOOKUP_TARGET, MC_ITEMS_FILE, RESULTS_FILE,
                             checkpoint_dir, eval_summary_path, is_system_target, split_target, target_dir)
-from harness.metrics import QA_METRICS, qa_scores
+from harness.eval.metrics import QA_METRICS, qa_scores
 from harness.models import load_for_inference, prepare
 from harness.registry import get_base_model
 from harness.records import now_iso
-from harness.stats import mean_ci, paired_delta
+from harness.eval.stats import mean_ci, paired_delta
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 DATA_DIR = BENCHMARKS_DIR / "musicprod" / "data"
 TASK_KIND = {"musicprod_qa": "qa", "musicprod_mc": "mc"}
@@ -64,11 +64,11 @@ def _single_token_ids(tokenizer, texts) -> set[int] | None:
 
 
 def hflm_class():
-    """lm-eval's HFLM whose greedy generation drops finished rows (harness.generation); anything else
+    """lm-eval's HFLM whose greedy generation drops finished rows (harness.eval.generation); anything else
     (sampling, a stop string that is not one token) goes to HFLM's own `generate` path."""
     import torch
     from lm_eval.models.huggingface import HFLM
-    from harness.generation import greedy_generate
+    from harness.eval.generation import greedy_generate
 
     class DroppingHFLM(HFLM):
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
@@ -225,7 +225,7 @@ def base_cache_path(base_path: str, settings: EvalSettings) -> Path | None:
 
 def evaluate_lookup(experiment_dir: Path, train: list[dict], settings: EvalSettings) -> dict:
     """The lookup reference as a target: same per-item files and metrics as a model, no generation."""
-    from harness.lookup import lookup_answers, lookup_choices
+    from harness.eval.lookup import lookup_answers, lookup_choices
     print(f"\n=== evaluating {LOOKUP_TARGET} (nearest training answer) on the {settings.split} set ===", flush=True)
     t0 = time.perf_counter()
     qa_path, mc_path = question_files(settings.split)

@@ -54,7 +54,7 @@ def semscore(prediction: str, reference: str) -> float:
     """SemScore (Aynetdinov & Akbik 2024): cosine similarity of sentence embeddings, here MiniLM-L6-v2."""
     if not prediction.strip():
         return 0.0
-    from harness.embeddings import encode
+    from harness.data.embeddings import encode
     a, b = encode([prediction, reference])
     return float(a @ b)
 

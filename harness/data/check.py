@@ -12,9 +12,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from harness.data import (DatasetError, check_record, check_unique_ids, load_augmented_set, load_training_set,
+from harness.data.load import (DatasetError, check_record, check_unique_ids, load_augmented_set, load_training_set,
                           read_json_list)
-from harness.metrics import key_fact_recall
+from harness.eval.metrics import key_fact_recall
 
 TOPICS = ("ableton", "mixing", "mastering", "sound_design", "recording", "music_theory", "genre_workflows")
 DIFFICULTIES = ("beginner", "intermediate", "advanced")
@@ -152,7 +152,7 @@ def overlaps(train, heldout: list[tuple[str, dict]], semantic: bool):
         for train_id in hits:
             yield name, r, train_id, f"shares a {NGRAM}-gram with training item {train_id}"
     if semantic and train and heldout:
-        from harness.embeddings import encode
+        from harness.data.embeddings import encode
         sims = encode([r["question"] for _, r in heldout]) @ encode([r["instruction"] for r in train]).T
         for k, (name, r) in enumerate(heldout):
             for j in (sims[k] >= COSINE_LIMIT).nonzero()[0]:
@@ -209,7 +209,7 @@ def check_augmented(path, rows: list[dict], seed: list[dict]) -> list[str]:
 
 
 def near_duplicates(path, train) -> list[str]:
-    from harness.embeddings import encode
+    from harness.data.embeddings import encode
     vecs = encode([r["instruction"] for r in train])
     sims = vecs @ vecs.T
     problems = []
@@ -239,8 +239,8 @@ def stats_table(train, qa, mc) -> str:
 
 
 def coverage_lines(train: list[dict], question_sets: list[tuple[str, list[dict]]]) -> None:
-    """How much of each question set's key facts the training text states (cached: harness.coverage)."""
-    from harness.coverage import coverage_stats, fact_coverage
+    """How much of each question set's key facts the training text states (cached: harness.eval.coverage)."""
+    from harness.eval.coverage import coverage_stats, fact_coverage
     for name, qa in question_sets:
         if qa:
             c = coverage_stats(fact_coverage(train, qa))

@@ -1,4 +1,4 @@
-"""`musicprod bench gpu` (also `python -m harness.bench_gpu`): Unsloth vs Hugging Face on one CUDA GPU.
+"""`musicprod bench gpu` (also `python -m harness.bench.gpu`): Unsloth vs Hugging Face on one CUDA GPU.
 
 Two parts, every system in its own fresh process (harness.pipeline.train_system), same data and settings:
 - real: hf-lora, hf-qlora, unsloth-lora, unsloth-qlora on the experiment's base model and training data
@@ -18,13 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.bench.figures import PAIRS, flops_per_token, mfu, pair_ratios  # noqa: F401 (re-exported for tests)
 from harness.config import load_config, to_dict
 from harness.io import write_json_atomic
 from harness.records import device_info, now_iso, package_versions, git_sha
 
-SYSTEMS = ["hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora"]
-# (label, Hugging Face system, its Unsloth counterpart): the comparisons the benchmark exists for.
-PAIRS = [("LoRA", "hf-lora", "unsloth-lora"), ("QLoRA", "hf-qlora", "unsloth-qlora")]
+SYSTEMS = [hf for _, hf, _ in PAIRS] + [unsloth for _, _, unsloth in PAIRS]  # the HF systems first
 REAL_EXPERIMENT = "gpu-real"
 SYNTHETIC_SEQ_LENS = [512, 2048]
 SYNTHETIC_TOKENS_PER_STEP = 8192  # batch = this / seq len: the same work per step at every length
@@ -34,29 +33,9 @@ SYNTHETIC_STEPS = 30
 LLAMA_32_1B_SHAPE = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
                      "intermediate_size": 8192, "head_dim": 64, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
                      "tie_word_embeddings": True, "max_position_embeddings": 8192}
-# Dense bf16 peak TFLOP/s (no sparsity), vendor datasheets. Matched on torch.cuda.get_device_name(); else null.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L4", 121.0)]
 RECORD_FIGURES = ["status", "reason", "steps", "train_tokens", "train_tokens_per_s", "steady_tokens_per_s",
                   "step_time_p50_s", "peak_vram_allocated_mib", "peak_vram_reserved_mib", "final_train_loss",
                   "validation_loss", "train_wall_s", "wall_s"]
-
-
-def peak_bf16_tflops(gpu_name: str | None) -> float | None:
-    if not gpu_name:
-        return None
-    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key.lower() in gpu_name.lower()), None)
-
-
-def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: float) -> float:
-    """Training FLOPs per token: 6N (forward + backward matmuls) + 12 L d T (attention scores and values)."""
-    return 6.0 * n_params + 12.0 * n_layers * hidden * seq_len
-
-
-def mfu(tokens_per_s: float | None, fpt: float, gpu_name: str | None) -> float | None:
-    peak = peak_bf16_tflops(gpu_name)
-    if not tokens_per_s or peak is None:
-        return None
-    return round(tokens_per_s * fpt / (peak * 1e12), 4)
 
 
 def model_shape(model_path: str) -> dict:
@@ -102,7 +81,7 @@ def build_synthetic_model(out_dir: Path, tokenizer_dir: str, seed: int = 0, **sh
 def synthetic_dataset(path: Path, train_path: str, min_chars: int, n_items: int) -> Path:
     """Real instructions with answers made of real answers strung together, each longer than the sequence
     length, so every example is truncated to exactly max_length tokens (no padding, answer-only loss)."""
-    from harness.data import load_training_set
+    from harness.data.load import load_training_set
     rows = load_training_set(train_path)
     out = []
     for i in range(n_items):
@@ -172,46 +151,6 @@ def settings_mismatches(records: dict) -> list[str]:
     return [f"{s} differs from {first}: " + ", ".join(f"{k}={v!r} vs {reference.get(k)!r}" for k, v in e.items()
                                                        if reference.get(k) != v)
             for s, e in ok.items() if e != reference]
-
-
-def _ratio(a, b) -> float | None:
-    return round(a / b, 3) if a and b else None
-
-
-def _saving(unsloth, hf) -> float | None:
-    return round(1.0 - unsloth / hf, 3) if unsloth and hf else None
-
-
-def _diff(a, b) -> float | None:
-    return round(a - b, 4) if a is not None and b is not None else None
-
-
-def pair_ratios(rows: list[dict]) -> list[dict]:
-    """Unsloth relative to HF, per experiment and pair: speed-up of steady tokens/s, VRAM saving (1 - unsloth/hf)
-    of peak allocated and reserved memory, and loss differences. A pair with a system that did not finish ok gets
-    no figures, only the reason."""
-    by_key = {(r["experiment"], r["system"]): r for r in rows}
-    out = []
-    for experiment in dict.fromkeys(r["experiment"] for r in rows):
-        for label, hf_name, unsloth_name in PAIRS:
-            hf, un = by_key.get((experiment, hf_name)), by_key.get((experiment, unsloth_name))
-            if hf is None and un is None:
-                continue
-            entry = {"experiment": experiment, "pair": label, "hf": hf_name, "unsloth": unsloth_name,
-                     "synthetic": bool((hf or un).get("synthetic")), "max_length": (hf or un).get("max_length")}
-            missing = [f"{name}: {(r or {}).get('status', 'not run')}" + (f" ({r['reason']})" if r and r.get("reason") else "")
-                       for name, r in ((hf_name, hf), (unsloth_name, un)) if not r or r.get("status") != "ok"]
-            if missing:
-                out.append({**entry, "reason": "; ".join(missing)})
-                continue
-            out.append({**entry, "reason": None,
-                        "speedup": _ratio(un["steady_tokens_per_s"], hf["steady_tokens_per_s"]),
-                        "step_time_ratio": _ratio(un["step_time_p50_s"], hf["step_time_p50_s"]),
-                        "vram_allocated_saving": _saving(un["peak_vram_allocated_mib"], hf["peak_vram_allocated_mib"]),
-                        "vram_reserved_saving": _saving(un["peak_vram_reserved_mib"], hf["peak_vram_reserved_mib"]),
-                        "final_train_loss_diff": _diff(un["final_train_loss"], hf["final_train_loss"]),
-                        "validation_loss_diff": _diff(un["validation_loss"], hf["validation_loss"])})
-    return out
 
 
 def synthetic_model_dir(args) -> Path:

@@ -6,7 +6,7 @@ the score by the `top_logprobs` of the first generated token equal to `str(score
 calculate_weighted_summed_score). When that method raises AttributeError it falls back to
 `model.generate(prompt, schema=ReasonScore)` and uses the integer score: our path for endpoints without logprobs.
 
-    hf      HFJudge: a local HF model via harness.judge_engine (constrained JSON, logprobs from its own softmax)
+    hf      HFJudge: a local HF model via harness.judge.hf_engine (constrained JSON, logprobs from its own softmax)
     openai  OpenAIJudge: any OpenAI-compatible /v1/chat/completions (openai client; response_format json_schema)
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import warnings
 
-from harness.judge_config import JudgeSettings
-from harness.judge_offline import import_deepeval
+from harness.judge.config import JudgeSettings
+from harness.judge.offline import import_deepeval
 
-import_deepeval()  # a no-op when harness.judge already imported it offline into the experiment's cache dir
+import_deepeval()  # a no-op when harness.judge.run already imported it offline into the experiment's cache dir
 
 from deepeval.metrics.utils import trimAndLoadJson  # noqa: E402
 from deepeval.models import DeepEvalBaseLLM  # noqa: E402
@@ -36,7 +36,7 @@ def json_schema_of(schema) -> dict:
         return None
     if getattr(schema, "__name__", "") == "ReasonScore":
         return SCORE_SCHEMA
-    from harness.judge_engine import resolve_refs
+    from harness.judge.hf_engine import resolve_refs
     out = resolve_refs(schema.model_json_schema())
     out.pop("title", None)
     for spec in out.get("properties", {}).values():
@@ -100,7 +100,7 @@ class HFJudge(JudgeLLM):
     backend = "hf"
 
     def load_model(self):
-        from harness.judge_engine import HFChatEngine
+        from harness.judge.hf_engine import HFChatEngine
         from harness.models import prepare
         resolved = prepare(self.settings.model, self.settings.model_cache_dir, progress=False)
         self.model_path = resolved.path
