@@ -4,7 +4,6 @@ Each gate reads the paired tests of the latest experiment's eval/summary.json (t
 same items). A gate that cannot be computed is skipped with its reason, never passed silently; a comparison
 that should exist (both targets evaluated) and does not is a failure.
 """
-import json
 from pathlib import Path
 
 import pytest

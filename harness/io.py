@@ -7,7 +7,20 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+
+
+def now_iso() -> str:
+    """UTC now, to the second, ISO 8601: the one timestamp format of every record the harness writes."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_jsonl(path: str | Path, rows, default=None) -> None:
+    """One JSON object per line (UTF-8, non-ASCII kept); `default` serialises what json cannot."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=default) + "\n")
 
 
 def _umask_mode() -> int:

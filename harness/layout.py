@@ -33,6 +33,10 @@ SPLITS = {"heldout": "eval", "dev": "eval-dev"}  # question set -> folder inside
 GENERATIONS_FILE = "generations.jsonl"
 MC_ITEMS_FILE = "mc.jsonl"
 RESULTS_FILE = "results.json"
+SUMMARY_FILE = "summary.json"
+RUN_RECORD_FILE = "run.json"
+EXPERIMENT_FILE = "experiment.json"
+JUDGE_SCORES_FILE, JUDGE_SANITY_FILE = "scores.jsonl", "sanity.jsonl"
 
 
 def eval_dir(experiment_dir: str | Path, split: str = "heldout") -> Path:
@@ -40,7 +44,26 @@ def eval_dir(experiment_dir: str | Path, split: str = "heldout") -> Path:
 
 
 def eval_summary_path(experiment_dir: str | Path, split: str = "heldout") -> Path:
-    return eval_dir(experiment_dir, split) / "summary.json"
+    return eval_dir(experiment_dir, split) / SUMMARY_FILE
+
+
+def generation_files(experiment_dir: str | Path, split: str = "heldout") -> dict[str, Path]:
+    """{target: its generations.jsonl}, skipping hidden folders (an evaluation in progress writes into
+    `.<target>.tmp-*`, and a crash can leave `.<target>.old-*` behind: neither is a target)."""
+    root = eval_dir(experiment_dir, split)
+    return {p.parent.name: p for p in sorted(root.glob(f"*/{GENERATIONS_FILE}")) if not p.parent.name.startswith(".")}
+
+
+def run_record_paths(experiment_dir: str | Path) -> list[Path]:
+    return sorted(Path(experiment_dir).glob(f"*/{RUN_RECORD_FILE}"))
+
+
+def record_path(experiment_dir: str | Path, system: str) -> Path:
+    return Path(experiment_dir) / system / RUN_RECORD_FILE
+
+
+def experiment_file(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / EXPERIMENT_FILE
 
 
 def target_dir(experiment_dir: str | Path, target: str, split: str = "heldout") -> Path:

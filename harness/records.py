@@ -6,10 +6,10 @@ import platform
 import resource
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.io import write_json_atomic
+from harness.io import now_iso, write_json_atomic
+from harness.layout import record_path
 
 TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets",
                     "unsloth", "unsloth_zoo", "lm_eval", "deepeval")
@@ -77,12 +77,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def record_path(experiment_dir: str | Path, system: str) -> Path:
-    return Path(experiment_dir) / system / "run.json"
 
 
 def write_record(experiment_dir: str | Path, system: str, record: dict) -> Path:

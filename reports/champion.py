@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.io import write_json_atomic
 from harness.layout import BASE_TARGET, champion_path
-from harness.records import now_iso
+from harness.io import now_iso
 from harness.eval.stats import verdict
 from reports.load import Experiment, load_experiment, reliable_judge
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from harness.bench.figures import PAIRS, pair_ratios
 from harness.io import atomic_dir
-from harness.records import now_iso
+from harness.io import now_iso
 from reports.load import ReportError, read_json
 from reports.plots import STYLE, _figure
 

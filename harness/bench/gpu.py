@@ -18,10 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.bench.figures import PAIRS, flops_per_token, mfu, pair_ratios  # noqa: F401 (re-exported for tests)
+from harness.bench.figures import PAIRS, flops_per_token, mfu, pair_ratios, peak_bf16_tflops  # noqa: F401 (re-exported)
 from harness.config import load_config, to_dict
 from harness.io import write_json_atomic
-from harness.records import device_info, now_iso, package_versions, git_sha
+from harness.records import device_info, package_versions, git_sha
+from harness.io import now_iso
 
 SYSTEMS = [hf for _, hf, _ in PAIRS] + [unsloth for _, _, unsloth in PAIRS]  # the HF systems first
 REAL_EXPERIMENT = "gpu-real"

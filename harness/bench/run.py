@@ -110,11 +110,9 @@ def bench_recipe(args: list[str]) -> int:
     """
     import json
     import shlex
-    import sys
     import time
     from harness.config import ExperimentConfig
     from harness.eval.run import run_eval
-    from harness.io import write_json_atomic
     from harness.layout import trainer_dir
     from harness.pipeline import check_and_prepare, train_system
     from harness.config import split_config_args

@@ -20,13 +20,13 @@ from harness.config import EvalSettings, experiment_config
 from harness.eval.coverage import COVERAGE_SLICES, fact_coverage, recall_over
 from harness.data.load import experiment_rows
 from harness.data.check import load_mc, load_qa
-from harness.io import atomic_dir, cache_dir, read_jsonl, sha256_file, write_json_atomic
-from harness.layout import (BASE_TARGET, GENERATIONS_FILE, LOOKUP_TARGET, MC_ITEMS_FILE, RESULTS_FILE,
+from harness.io import atomic_dir, cache_dir, now_iso, read_jsonl, sha256_file, write_json_atomic
+from harness.io import write_jsonl as io_write_jsonl
+from harness.layout import (BASE_TARGET, GENERATIONS_FILE, LOOKUP_TARGET, MC_ITEMS_FILE, RESULTS_FILE, run_record_paths,
                             checkpoint_dir, eval_summary_path, is_system_target, split_target, target_dir)
 from harness.eval.metrics import QA_METRICS, qa_scores
 from harness.models import load_for_inference, prepare
 from harness.registry import get_base_model
-from harness.records import now_iso
 from harness.eval.stats import mean_ci, paired_delta
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -140,10 +140,8 @@ def mc_baselines(rows: list[dict], resamples: int) -> dict | None:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from lm_eval.utils import handle_non_serializable
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=handle_non_serializable) + "\n")
+    from lm_eval.utils import handle_non_serializable  # lm-eval's samples hold numpy and other non-JSON values
+    io_write_jsonl(path, rows, default=handle_non_serializable)
 
 
 def write_target(out: Path, results: dict, extra: dict) -> None:
@@ -340,7 +338,7 @@ def experiment_targets(experiment_dir: Path, include_base: bool, only: list[str]
                        ) -> tuple[str, dict[str, str | None], dict[str, str]]:
     """(base model path, {target: adapter/weights path or None}, {system: reason skipped}) from the run records;
     `SYSTEM@STEP` names in `only` add that system's checkpoint as a target."""
-    records = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(experiment_dir).glob("*/run.json"))}
+    records = {p.parent.name: json.loads(p.read_text()) for p in run_record_paths(experiment_dir)}
     if not records:
         raise EvalError(f"{experiment_dir}: no run records (*/run.json); train first (musicprod run)")
     targets: dict[str, str | None] = {BASE_TARGET: None} if include_base else {}

@@ -13,16 +13,15 @@ than `reliability_bar` (90 %) of the sanity cases is written with "reliable": fa
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.io import atomic_dir, read_jsonl, write_json_atomic
+from harness.io import atomic_dir, now_iso, read_jsonl, write_json_atomic, write_jsonl
 from harness.judge.config import JudgeSettings, judge_name
 from harness.judge.offline import import_deepeval
-from harness.layout import BASE_TARGET, eval_dir, judge_dir
+from harness.layout import (BASE_TARGET, GENERATIONS_FILE, JUDGE_SANITY_FILE, JUDGE_SCORES_FILE, SUMMARY_FILE, eval_dir,
+                            generation_files, judge_dir)
 from harness.eval.stats import mean_ci, spearman
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
@@ -206,12 +205,11 @@ def read_generations(path: Path) -> list[dict]:
 
 def experiment_generations(experiment_dir: Path) -> dict[str, list[dict]]:
     """{target: rows} for every eval/<target>/generations.jsonl, base first."""
-    root = eval_dir(experiment_dir)
-    files = sorted(root.glob("*/generations.jsonl")) if root.is_dir() else []
+    files = generation_files(experiment_dir)
     if not files:
-        raise JudgeError(f"{root}/<target>/generations.jsonl: none found; run `musicprod eval` first (the judge "
-                         "scores saved generations, it does not generate)")
-    found = {p.parent.name: read_generations(p) for p in files}
+        raise JudgeError(f"{eval_dir(experiment_dir)}/<target>/{GENERATIONS_FILE}: none found; run `musicprod eval` "
+                         "first (the judge scores saved generations, it does not generate)")
+    found = {target: read_generations(p) for target, p in files.items()}
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != BASE_TARGET, kv[0])))
 
 
@@ -325,16 +323,6 @@ def human_spearman(experiment_dir: Path, name: str) -> tuple[dict | None, str | 
 # ---------------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------------
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def run_judge(experiment_dir: str | Path, settings: JudgeSettings, sanity_path: Path = BENCHMARK_QA,
               progress: bool = True) -> dict:
     from tqdm import tqdm
@@ -445,16 +433,16 @@ def run_judge(experiment_dir: str | Path, settings: JudgeSettings, sanity_path: 
     }
     final = judge_dir(experiment_dir, name)
     with atomic_dir(final) as tmp:
-        _jsonl(tmp / "scores.jsonl", score_rows)
-        _jsonl(tmp / "sanity.jsonl", sanity_rows)
-        _jsonl(tmp / "consistency.jsonl", consistency_rows)
-        _jsonl(tmp / "pairwise.jsonl", pair_rows)
-        write_json_atomic(tmp / "summary.json", summary)
+        write_jsonl(tmp / JUDGE_SCORES_FILE, score_rows)
+        write_jsonl(tmp / JUDGE_SANITY_FILE, sanity_rows)
+        write_jsonl(tmp / "consistency.jsonl", consistency_rows)
+        write_jsonl(tmp / "pairwise.jsonl", pair_rows)
+        write_json_atomic(tmp / SUMMARY_FILE, summary)
     # Human agreement needs scores.jsonl in place (harness.ratings reads it from judge/<name>/).
     human, note = human_spearman(experiment_dir, name)
     summary["reliability"]["spearman_human"], summary["reliability"]["spearman_human_note"] = human, note
     summary["wall_s"] = round(time.time() - started, 1)
-    write_json_atomic(final / "summary.json", summary)
+    write_json_atomic(final / SUMMARY_FILE, summary)
     return summary
 
 
