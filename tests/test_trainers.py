@@ -135,8 +135,9 @@ def test_chunked_answer_loss_has_the_same_value_and_gradients(tiny_model_dir, mo
     labels[:, :4] = -100
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     grads = {}
+    vocab = model.lm_head.out_features
     for chunk in (10_000, 3):
-        monkeypatch.setattr(common, "LOSS_CHUNK", chunk)
+        monkeypatch.setattr(common, "LOSS_CHUNK_LOGITS", chunk * vocab)  # chunks of `chunk` answer positions
         model.zero_grad()
         loss = common.completion_only_loss(model, inputs)
         loss.backward()

@@ -230,7 +230,8 @@ def fused_lm_head_available() -> bool:
     return trl_utils._ChunkedLogProbFunction is not None
 
 
-LOSS_CHUNK = 1024  # answer positions per LM-head chunk: 1024 x 49k-vocabulary fp32 logits = 200 MB
+LOSS_CHUNK_LOGITS = 50_000_000  # logits per LM-head chunk (200 MB in fp32): 1017 answer positions of SmolLM2's
+                                # 49k vocabulary, 190 of Gemma 3's 262k
 
 
 def _head_loss(head, hidden, labels):
@@ -252,9 +253,10 @@ def completion_only_loss(model, inputs, num_items_in_batch=None):
     hidden = base.model(**backbone_inputs, use_cache=False).last_hidden_state[:, :-1]
     mask = labels != -100
     answers, targets = hidden[mask], labels[mask]
-    if torch.is_grad_enabled() and len(answers) > LOSS_CHUNK:
-        loss = sum(checkpoint(_head_loss, base.lm_head, answers[i:i + LOSS_CHUNK], targets[i:i + LOSS_CHUNK],
-                              use_reentrant=False) for i in range(0, len(answers), LOSS_CHUNK))
+    chunk = max(1, LOSS_CHUNK_LOGITS // base.lm_head.out_features)
+    if torch.is_grad_enabled() and len(answers) > chunk:
+        loss = sum(checkpoint(_head_loss, base.lm_head, answers[i:i + chunk], targets[i:i + chunk],
+                              use_reentrant=False) for i in range(0, len(answers), chunk))
     else:
         loss = _head_loss(base.lm_head, answers, targets)
     denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)

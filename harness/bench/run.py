@@ -149,8 +149,12 @@ def bench_recipe(args: list[str]) -> int:
         rows.append({"experiment": cfg.name, "system": system, "step": step, "epoch": round(step / per_epoch, 2),
                      "learning_rate": cfg.train.full_learning_rate if system == "hf-full" else cfg.train.learning_rate,
                      "lora_r": cfg.lora.r, "augmented": bool(cfg.data.augmented_path),
+                     "data": ("seed+aug" if cfg.data.train_on_seed else "aug only") if cfg.data.augmented_path else "seed",
+                     "base_model": cfg.model.name,
                      "dev_key_fact_recall": t["metrics"]["qa"]["key_fact_recall"],
                      "dev_mc_acc": t["metrics"]["mc"]["acc"], "train_loss": point["loss"],
+                     "dev_key_fact_recall_by_lang": {lang: v["key_fact_recall"]["mean"]
+                                                     for lang, v in t["by_lang"]["qa"].items()},
                      "validation_loss": record.get("validation_loss") if step == saved[-1] else None,
                      "train_wall_s": record.get("train_wall_s"), "train_tokens_per_s": record.get("train_tokens_per_s"),
                      "peak_rss_mib": record.get("peak_rss_mib"), "decoding": summary["decoding"],
@@ -181,11 +185,12 @@ def write_sweep_table() -> None:
              "Written by `musicprod bench recipe`; one row per evaluated checkpoint. Figures are on the dev set "
              "(benchmarks/musicprod/data/dev), never the held-out. Wall time and peak RSS are the whole training run "
              "of that experiment on this machine.", "",
-             "| experiment | system | lr | r | aug | step | epoch | dev key-fact recall | dev MC acc | train loss | train wall s | tok/s | peak RSS MiB | command |",
+             "| experiment | system | lr | r | data | step | epoch | dev key-fact recall | dev MC acc | train loss | train wall s | tok/s | peak RSS MiB | command |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
+        data = r.get("data") or ("seed+aug" if r["augmented"] else "seed")
         lines.append(f"| {r['experiment']} | {r['system']} | {r['learning_rate']:g} | {r['lora_r']} | "
-                     f"{'yes' if r['augmented'] else 'no'} | {r['step']} | {r['epoch']} | {ci(r['dev_key_fact_recall'])} | "
+                     f"{data} | {r['step']} | {r['epoch']} | {ci(r['dev_key_fact_recall'])} | "
                      f"{ci(r['dev_mc_acc'])} | {r['train_loss']:.3f} | {r['train_wall_s']:.0f} | {r['train_tokens_per_s']:.0f} | "
                      f"{r['peak_rss_mib']:.0f} | `{r['command']}` |")
     (RECIPE_DIR / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
