@@ -121,7 +121,7 @@ BENCH_USAGE = {
 
 
 def cmd_bench(ns) -> int:
-    from harness.bench import run as bench
+    from harness import bench
     if ns.what in BENCH_USAGE and any(a in ("-h", "--help") for a in ns.args):
         print(BENCH_USAGE[ns.what])  # serve and gpu parse their own options (and --help)
         return 0
