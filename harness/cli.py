@@ -91,7 +91,8 @@ def cmd_eval(ns) -> int:
 
 
 def cmd_judge(ns) -> int:
-    from harness.judge.run import JudgeError, format_summary, run_judge
+    from harness.judge.inputs import JudgeError
+    from harness.judge.run import format_summary, run_judge
     from harness.judge.config import describe_judge, load_judge_settings
     if ns.keys:
         for key, default, help_text in describe_judge():

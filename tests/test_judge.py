@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from harness.config import ConfigError
-from harness.judge.run import (DIMENSIONS, combine_orders, common_items, is_reliable, pairwise_summary, read_generations,
-                           JudgeError, run_judge, sanity_cases, sanity_pass_rate, self_consistency)
+from harness.rubric import DIMENSIONS
+from harness.judge.reliability import combine_orders, is_reliable, pairwise_summary, sanity_pass_rate, self_consistency
+from harness.judge.inputs import common_items, read_generations, JudgeError, sanity_cases
+from harness.judge.run import run_judge
 from harness.judge.config import judge_name, load_judge_settings, settings_from_env
 
 BENCH_QA = json.loads(open("benchmarks/musicprod/data/qa.json", encoding="utf-8").read())
@@ -90,7 +92,7 @@ def test_common_items_keeps_shared_ids_in_order():
 # -- the local HF judge ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_judge(tiny_model_dir, tmp_path_factory):
-    from harness.judge.run import make_judge, rubric_metrics
+    from harness.judge.rubrics import make_judge, rubric_metrics
     settings = load_judge_settings(None, [f"model={tiny_model_dir}", "reason_tokens=4"])
     judge = make_judge(settings, tmp_path_factory.mktemp("deepeval"))
     return judge, rubric_metrics(judge)
@@ -113,7 +115,7 @@ def _expected_weighted_score(model_dir, prompt: str) -> float:
 
 
 def test_probability_weighted_score_on_tiny_random_model(tiny_judge, tiny_model_dir):
-    from harness.judge.run import score_answer
+    from harness.judge.rubrics import score_answer
     judge, metrics = tiny_judge
     item = BENCH_QA[0]
     one = {"correctness": metrics["correctness"]}

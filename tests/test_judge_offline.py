@@ -44,7 +44,7 @@ atexit.register(lambda: print("ATTEMPTS=" + json.dumps(attempts), flush=True))
 '''
 
 JUDGE_RUN = GUARD + r'''
-from harness.judge.run import make_judge, rubric_metrics, score_answer
+from harness.judge.rubrics import make_judge, rubric_metrics, score_answer
 from harness.judge.config import load_judge_settings
 model_dir, cache_dir = sys.argv[1], sys.argv[2]
 judge = make_judge(load_judge_settings(None, [f"model={model_dir}", "reason_tokens=2"]), cache_dir)

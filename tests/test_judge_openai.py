@@ -61,13 +61,13 @@ def _serve(engine, with_logprobs=True):
 
 
 def _score(judge, answer):
-    from harness.judge.run import rubric_metrics, score_answer
+    from harness.judge.rubrics import rubric_metrics, score_answer
     item = BENCH_QA[1]
     return score_answer(rubric_metrics(judge), judge, item["question"], answer, item["reference"], item["key_facts"])
 
 
 def test_openai_backend_over_real_http_matches_local_backend(engine, tiny_model_dir, tmp_path, monkeypatch):
-    from harness.judge.run import make_judge, pairwise_verdict
+    from harness.judge.rubrics import make_judge, pairwise_verdict
     server = _serve(engine)
     try:
         monkeypatch.setenv("MUSICPROD_TEST_JUDGE_KEY", "sk-local-test")
@@ -94,7 +94,7 @@ def test_openai_backend_over_real_http_matches_local_backend(engine, tiny_model_
 
 
 def test_endpoint_without_logprobs_falls_back_to_integer_scores(engine, tmp_path):
-    from harness.judge.run import make_judge
+    from harness.judge.rubrics import make_judge
     server = _serve(engine, with_logprobs=False)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -110,7 +110,7 @@ def test_endpoint_without_logprobs_falls_back_to_integer_scores(engine, tmp_path
 
 
 def test_logprobs_off_uses_schema_constrained_output(engine, tmp_path):
-    from harness.judge.run import make_judge
+    from harness.judge.rubrics import make_judge
     server = _serve(engine)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"

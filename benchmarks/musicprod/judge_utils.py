@@ -44,7 +44,7 @@ def load_judge_dataset(qa_path: str | None = None, judge: dict | None = None, ex
 @functools.lru_cache(maxsize=2)
 def _judge(encoded: str):
     """One judge (model loaded once) and its metrics per distinct settings in this process."""
-    from harness.judge.run import make_judge, rubric_metrics
+    from harness.judge.rubrics import make_judge, rubric_metrics
     from harness.judge.config import load_judge_settings
     settings = load_judge_settings(values=json.loads(encoded))
     judge = make_judge(settings, settings.cache_dir)
@@ -52,7 +52,8 @@ def _judge(encoded: str):
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    from harness.judge.run import DIMENSIONS, score_answer
+    from harness.rubric import DIMENSIONS
+    from harness.judge.rubrics import score_answer
     judge, metrics = _judge(doc["judge_settings"])
     scores = score_answer(metrics, judge, doc["question"], results[0].strip(), doc["reference"], doc.get("key_facts"))
     return {f"judge_{d}": scores[d] for d in DIMENSIONS} | {"judge_sanity_pass_rate": doc["judge_settings"]}
@@ -66,7 +67,9 @@ def mean_scored(items: list) -> float:
 
 @functools.lru_cache(maxsize=2)
 def _sanity(encoded: str) -> float:
-    from harness.judge.run import load_sanity_questions, mean_score, sanity_cases, score_answer, sanity_pass_rate
+    from harness.judge.inputs import load_sanity_questions, sanity_cases
+    from harness.judge.reliability import mean_score, sanity_pass_rate
+    from harness.judge.rubrics import score_answer
     judge, metrics = _judge(encoded)
     rows = []
     for case in sanity_cases(load_sanity_questions(), judge.settings.sanity_items):
