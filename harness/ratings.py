@@ -5,9 +5,14 @@ is committed before the web UI is told "saved", so a confirmed rating survives a
 Each call opens its own connection, so several raters (threads or processes) can write at once; SQLite
 serialises the writers and `busy_timeout` makes them wait instead of failing.
 
-Blindness: a rater only ever sees an opaque answer id (`uid`, a hash of target, item and answer text); the target
-name stays on the server. An answer regenerated with different text gets a new uid, so old ratings never count
-for a new answer: statistics use the *current* answer per (target, item), the one most recently queued.
+Blindness: inside the store an answer is identified by `uid`, a hash of target, item and answer text (so lm-eval
+and CSV imports can find it); anyone who sees the answer text can compute that hash, so it never leaves the
+server. A rater only sees `blind_id`, drawn at random when the answer is queued, and everything the browser gets
+(queue order, pair ids, which answer is shown as A) derives from blind ids alone. An answer regenerated with
+different text gets a new uid, so old ratings never count for a new answer: statistics use the *current* answer
+per (target, item), the one most recently queued.
+
+Raters: `issue_token` gives each rater a random token for their personal link; the store keeps only its SHA-256.
 
 Statistics (summarize): per target and dimension the mean over answers (each answer's ratings averaged first) with
 a 95 % bootstrap CI (harness.eval.stats), Krippendorff's ordinal alpha per dimension (the `krippendorff` package),
@@ -20,6 +25,7 @@ import hashlib
 import io
 import math
 import os
+import secrets
 import sqlite3
 import tempfile
 from collections import defaultdict
@@ -100,7 +106,8 @@ CREATE TABLE IF NOT EXISTS answers (
     answer TEXT NOT NULL,
     source TEXT NOT NULL,               -- 'eval' (eval/<target>/generations.jsonl) or 'lm-eval' (musicprod_human)
     queued_seq INTEGER NOT NULL,        -- the latest queueing of (target, item_id) is the current answer
-    queued_at TEXT NOT NULL
+    queued_at TEXT NOT NULL,
+    blind_id TEXT                       -- random id the rater sees (added by _migrate to stores made before it)
 );
 CREATE INDEX IF NOT EXISTS answers_target_item ON answers (target, item_id);
 CREATE TABLE IF NOT EXISTS ratings (
@@ -127,15 +134,23 @@ CREATE TABLE IF NOT EXISTS pairwise (
     created_at TEXT NOT NULL,
     UNIQUE (rater, pair_key)
 );
+CREATE TABLE IF NOT EXISTS raters (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,  -- the token itself is printed once, in the rater's link
+    created_at TEXT NOT NULL
+);
 """
 
 SINGLE_CSV_FIELDS = ("rater", "uid", "target", "item_id", "correctness", "relevance", "helpfulness", "comment",
                      "created_at", "source")
 PAIRWISE_CSV_FIELDS = ("rater", "item_id", "uid_a", "uid_b", "target_a", "target_b", "choice", "comment",
                        "created_at", "source")
-# A blind sheet for raters who work in a spreadsheet: no target column; import maps uid back to the target.
-TEMPLATE_CSV_FIELDS = ("rater", "uid", "question", "reference", "answer", "correctness", "relevance",
+# A blind sheet for raters who work in a spreadsheet: no target column and no uid (computable from the answer
+# text, see the module docstring); import maps answer_id (the blind id) back to the answer.
+TEMPLATE_CSV_FIELDS = ("rater", "answer_id", "question", "reference", "answer", "correctness", "relevance",
                        "helpfulness", "comment")
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection); see _defuse.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class RatingError(ValueError):
@@ -158,16 +173,34 @@ def pair_key(uid1: str, uid2: str) -> str:
     return "|".join(sorted((uid1, uid2)))
 
 
-def pair_id(uid1: str, uid2: str) -> str:
-    """Opaque id of an unordered pair of answers (what the pairwise UI sees)."""
-    return _hash("pair", pair_key(uid1, uid2))[:16]
+def pair_id(blind1: str, blind2: str) -> str:
+    """Opaque id of an unordered pair of answers (what the pairwise UI sees), from their random blind ids."""
+    return _hash("pair", pair_key(blind1, blind2))[:16]
+
+
+def _new_blind_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_text(value: str, field: str, where: str = "") -> str:
+    """SQLite (and any UTF-8 file) cannot store a lone surrogate such as JSON's "\\ud800": reject it by name."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RatingError(f"{where}field {field!r} is not valid Unicode (lone surrogate at character {e.start})") \
+            from None
+    return value
 
 
 def check_rater(rater) -> str:
     name = (rater or "").strip() if isinstance(rater, str) else ""
     if not name or len(name) > MAX_RATER_LEN or any(ord(c) < 32 for c in name):
         raise RatingError(f"rater name must be 1-{MAX_RATER_LEN} printable characters, got {rater!r}")
-    return name
+    return check_text(name, "rater")
 
 
 def check_score(value, field: str, where: str = "") -> int:
@@ -182,7 +215,7 @@ def check_comment(comment, where: str = "") -> str:
     comment = "" if comment is None else comment
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT_LEN:
         raise RatingError(f"{where}field 'comment' must be text of at most {MAX_COMMENT_LEN} characters")
-    return comment.strip()
+    return check_text(comment, "comment", where).strip()
 
 
 def rater_order(keys: Iterable[str], rater: str, block_size: int = BLOCK_SIZE) -> list[str]:
@@ -211,6 +244,22 @@ class RatingStore:
         with self.connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
             conn.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Give a store made before blind ids one per answer (ratings keep their uid: nothing else changes).
+        Only then is there a write: opening a current store takes no write lock."""
+        with self.connect() as conn:
+            if "blind_id" in {row["name"] for row in conn.execute("PRAGMA table_info(answers)")} and \
+                    not conn.execute("SELECT 1 FROM answers WHERE blind_id IS NULL LIMIT 1").fetchone():
+                conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS answers_blind ON answers (blind_id)")
+                return
+        with self.transaction() as conn:
+            if "blind_id" not in {row["name"] for row in conn.execute("PRAGMA table_info(answers)")}:
+                conn.execute("ALTER TABLE answers ADD COLUMN blind_id TEXT")
+            missing = [row["uid"] for row in conn.execute("SELECT uid FROM answers WHERE blind_id IS NULL")]
+            conn.executemany("UPDATE answers SET blind_id = ? WHERE uid = ?", [(_new_blind_id(), u) for u in missing])
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS answers_blind ON answers (blind_id)")
 
     @classmethod
     def for_experiment(cls, experiment_dir: str | Path) -> "RatingStore":
@@ -255,11 +304,11 @@ class RatingStore:
             before = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
             conn.executemany(
                 "INSERT INTO answers (uid, target, item_id, lang, topic, difficulty, question, reference, answer,"
-                " source, queued_seq, queued_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " source, queued_seq, queued_at, blind_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (uid) DO UPDATE SET queued_seq = excluded.queued_seq, queued_at = excluded.queued_at",
                 [(answer_uid(r["target"], r["item_id"], r["answer"]), r["target"], r["item_id"], r.get("lang"),
                   r.get("topic"), r.get("difficulty"), r["question"], r.get("reference"), r["answer"], source,
-                  seq, stamp) for r in rows])
+                  seq, stamp, _new_blind_id()) for r in rows])
             after = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
         return after - before
 
@@ -275,6 +324,11 @@ class RatingStore:
     def answer(self, uid: str) -> dict | None:
         with self.connect() as conn:
             row = conn.execute("SELECT * FROM answers WHERE uid = ?", (uid,)).fetchone()
+        return dict(row) if row else None
+
+    def answer_by_blind_id(self, blind_id: str) -> dict | None:
+        with self.connect() as conn:
+            row = conn.execute("SELECT * FROM answers WHERE blind_id = ?", (blind_id,)).fetchone()
         return dict(row) if row else None
 
     def resolve_uid(self, target: str, item_id: str) -> str | None:
@@ -328,7 +382,7 @@ class RatingStore:
             (rater, uid_a, uid_b, pair_key(uid_a, uid_b), choice, comment, source, created_at)).fetchone()[0]
 
     def ratings(self, rater: str | None = None) -> list[dict]:
-        sql = ("SELECT r.*, a.target, a.item_id FROM ratings r JOIN answers a ON a.uid = r.uid"
+        sql = ("SELECT r.*, a.target, a.item_id, a.blind_id FROM ratings r JOIN answers a ON a.uid = r.uid"
                + (" WHERE r.rater = ?" if rater is not None else "") + " ORDER BY r.id")
         with self.connect() as conn:
             return [dict(r) for r in conn.execute(sql, (rater,) if rater is not None else ())]
@@ -340,23 +394,48 @@ class RatingStore:
         with self.connect() as conn:
             return [dict(r) for r in conn.execute(sql, (rater,) if rater is not None else ())]
 
-    # -- what a rater sees
+    # -- raters
+    def issue_token(self, name: str, reissue: bool = False) -> str | None:
+        """A new random token for `name` (its link); None when the rater has one and `reissue` is false."""
+        name = check_rater(name)
+        token = secrets.token_urlsafe(24)
+        with self.transaction() as conn:
+            if not reissue and conn.execute("SELECT 1 FROM raters WHERE name = ?", (name,)).fetchone():
+                return None
+            conn.execute("INSERT INTO raters (name, token_sha256, created_at) VALUES (?,?,?) ON CONFLICT (name)"
+                         " DO UPDATE SET token_sha256 = excluded.token_sha256, created_at = excluded.created_at",
+                         (name, _token_hash(token), now_iso()))
+        return token
+
+    def rater_for_token(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        with self.connect() as conn:
+            row = conn.execute("SELECT name FROM raters WHERE token_sha256 = ?", (_token_hash(token),)).fetchone()
+        return row["name"] if row else None
+
+    def raters(self) -> list[str]:
+        with self.connect() as conn:
+            return [row["name"] for row in conn.execute("SELECT name FROM raters ORDER BY name")]
+
+    # -- what a rater sees: blind ids only (the order and the pair ids are computed from them, never from uids)
     def single_queue(self, rater: str) -> list[str]:
-        return rater_order([a["uid"] for a in self.current_answers()], rater)
+        return rater_order([a["blind_id"] for a in self.current_answers()], rater)
 
     def pairs(self) -> dict[str, tuple[str, str]]:
         """pair id -> (uid, uid): every two current answers to the same item from different targets.
 
-        Answers with identical text are left out (a certain tie; no rater time spent on it).
+        Answers with identical text are left out (a certain tie; no rater time spent on it). Each pair is ordered
+        by blind id, not by target name, so which side a rater sees as A tells nothing about the system.
         """
         by_item: dict[str, list[dict]] = defaultdict(list)
         for a in self.current_answers():
             by_item[a["item_id"]].append(a)
         out = {}
         for answers in by_item.values():
-            for x, y in combinations(sorted(answers, key=lambda a: a["target"]), 2):
+            for x, y in combinations(sorted(answers, key=lambda a: a["blind_id"]), 2):
                 if x["answer"].strip() != y["answer"].strip():
-                    out[pair_id(x["uid"], y["uid"])] = (x["uid"], y["uid"])
+                    out[pair_id(x["blind_id"], y["blind_id"])] = (x["uid"], y["uid"])
         return out
 
     def pair_queue(self, rater: str) -> list[str]:
@@ -379,10 +458,12 @@ def read_generations(path: Path, target: str) -> list[dict]:
 
 
 def generation_files(experiment_dir: str | Path) -> dict[str, Path]:
+    """{target: eval/<target>/generations.jsonl}. Hidden folders are harness.io.atomic_dir's work in progress
+    (.<target>.tmp-*) or leftovers of a crash (.<target>.old-*), not targets."""
     root = eval_dir(experiment_dir)
     if not root.is_dir():
         return {}
-    return {p.parent.name: p for p in sorted(root.glob("*/generations.jsonl"))}
+    return {p.parent.name: p for p in sorted(root.glob("*/generations.jsonl")) if not p.parent.name.startswith(".")}
 
 
 def sync_queue(experiment_dir: str | Path, store: RatingStore | None = None) -> dict:
@@ -415,14 +496,27 @@ def export_csv(store: RatingStore, path: str | Path, kind: str = "single") -> in
 def export_template(store: RatingStore, path: str | Path, rater: str) -> int:
     """A blind sheet for one rater (their order, no target names) to fill in a spreadsheet and import."""
     rater = check_rater(rater)
-    answers = {a["uid"]: a for a in store.current_answers()}
-    done = {r["uid"]: r for r in store.ratings(rater)}
+    answers = {a["blind_id"]: a for a in store.current_answers()}
+    done = {r["blind_id"]: r for r in store.ratings(rater)}
     rows = []
-    for uid in store.single_queue(rater):
-        a, r = answers[uid], done.get(uid, {})
-        rows.append({"rater": rater, "uid": uid, "question": a["question"], "reference": a["reference"] or "",
-                     "answer": a["answer"], **{d: r.get(d, "") for d in DIMENSIONS}, "comment": r.get("comment", "")})
+    for blind_id in store.single_queue(rater):
+        a, r = answers[blind_id], done.get(blind_id, {})
+        rows.append({"rater": rater, "answer_id": blind_id, "question": a["question"],
+                     "reference": a["reference"] or "", "answer": a["answer"], **{d: r.get(d, "") for d in DIMENSIONS},
+                     "comment": r.get("comment", "")})
     return _write_csv(path, TEMPLATE_CSV_FIELDS, rows)
+
+
+def _defuse(value):
+    """A leading ' makes a spreadsheet show the cell as text instead of running it as a formula. Cells that
+    already start with ' get one more, so _restore gives back exactly the original."""
+    if isinstance(value, str) and value.startswith((*_FORMULA_START, "'")):
+        return "'" + value
+    return value
+
+
+def _restore(value: str) -> str:
+    return value[1:] if value[:1] == "'" and value[1:2] and value[1:2] in (*_FORMULA_START, "'") else value
 
 
 def _write_csv(path, fields, rows) -> int:
@@ -433,7 +527,9 @@ def _write_csv(path, fields, rows) -> int:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _defuse(v) for k, v in row.items()} for row in rows)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -461,7 +557,7 @@ def import_csv(store: RatingStore, path: str | Path) -> dict:
     with store.transaction() as conn:
         for row in reader:
             where = f"{path}:{reader.line_num}: "
-            row = {k: (v or "").strip() for k, v in row.items() if k is not None}
+            row = {k: _restore((v or "").strip()) for k, v in row.items() if k is not None}
             if pairwise:
                 imported += _import_pair_row(store, conn, row, where)
                 continue
@@ -481,6 +577,12 @@ def import_csv(store: RatingStore, path: str | Path) -> dict:
 
 
 def _row_uid(store: RatingStore, row: dict, suffix: str, where: str) -> str:
+    blind_id = row.get(f"answer_id{suffix}")
+    if blind_id:
+        answer = store.answer_by_blind_id(blind_id)
+        if answer is None:
+            raise RatingError(f"{where}field 'answer_id{suffix}': no answer {blind_id!r} in the rating queue")
+        return answer["uid"]
     uid = row.get(f"uid{suffix}")
     if uid:
         if store.answer(uid) is None:
@@ -488,7 +590,7 @@ def _row_uid(store: RatingStore, row: dict, suffix: str, where: str) -> str:
         return uid
     target, item_id = row.get(f"target{suffix}"), row.get("item_id")
     if not target or not item_id:
-        raise RatingError(f"{where}needs 'uid{suffix}' or both 'target{suffix}' and 'item_id'")
+        raise RatingError(f"{where}needs 'answer_id{suffix}', 'uid{suffix}' or both 'target{suffix}' and 'item_id'")
     uid = store.resolve_uid(target, item_id)
     if uid is None:
         raise RatingError(f"{where}no queued answer for target {target!r}, item {item_id!r} "

@@ -293,10 +293,14 @@ class Engine:
             # the evaluation's own repetition control, so served answers are the measured ones
             logits = penalize_repeats(logits.unsqueeze(0), torch.tensor([row.tokens]), p.repetition_penalty,
                                       p.no_repeat_ngram_size)[0]
-        if p.temperature < MIN_TEMPERATURE:  # 0, or so small that logits / T overflows: greedy
+        # Extreme but valid request values (a repetition penalty near 0 or huge, a tiny temperature) can push logits
+        # to +-inf; +inf would make softmax NaN, so overflow is clamped to the largest finite value.
+        logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+        scaled = (logits / p.temperature).clamp(max=torch.finfo(torch.float32).max) if p.temperature else logits
+        if p.temperature < MIN_TEMPERATURE or not torch.isfinite(scaled).any():  # greedy (also: nothing finite)
             token = int(torch.argmax(logits))
         else:
-            probs = torch.softmax(logits / p.temperature, dim=-1)
+            probs = torch.softmax(scaled, dim=-1)
             if p.top_p < 1.0:
                 sorted_p, order = torch.sort(probs, descending=True)
                 outside = sorted_p.cumsum(-1) - sorted_p > p.top_p  # keep the smallest set reaching top_p

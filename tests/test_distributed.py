@@ -66,10 +66,11 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path, t
     assert ddp_losses == pytest.approx(single_losses, rel=LOSS_RTOL)
     assert single_losses[0] - single_losses[-1] > 50 * LOSS_RTOL * single_losses[0]  # the tolerance is meaningful
 
-    # Aggregated over ranks: the same rows were trained on, so the global token counts match exactly.
+    # The Trainer's token count is gathered across ranks: the same rows were trained on, so the global counts
+    # match exactly; memory is measured per rank.
     assert [len(ddp["per_rank"]), [r["rank"] for r in ddp["per_rank"]]] == [2, [0, 1]]
-    assert all(r["train_tokens"] > 0 and r["peak_rss_mib"] > 100 for r in ddp["per_rank"])
-    assert ddp["train_tokens"] == sum(r["train_tokens"] for r in ddp["per_rank"]) == single["train_tokens"]
+    assert all(r["peak_rss_mib"] > 100 for r in ddp["per_rank"])
+    assert ddp["train_tokens"] == single["train_tokens"] > 0
     assert [p["tokens"] for p in ddp["loss_curve"]] == [p["tokens"] for p in single["loss_curve"]]
     assert ddp["peak_rss_mib"] == max(r["peak_rss_mib"] for r in ddp["per_rank"])
     assert ddp["train_tokens_per_s"] == pytest.approx(ddp["train_tokens"] / ddp["train_wall_s"], rel=0.01)

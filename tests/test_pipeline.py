@@ -2,12 +2,33 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.config import load_config
 from harness.pipeline import run_experiment
 
 
-def test_run_experiment_trains_evaluates_reports_and_serves_as_measured(tmp_path, tiny_model_dir, tiny_dataset,
-                                                                        monkeypatch):
+@pytest.fixture
+def wordy_tiny_model_dir(tmp_path, tiny_model_dir):
+    """The tiny random model with the embeddings of whitespace-only tokens zeroed (tied: the LM head too).
+    Greedy decoding of the plain tiny model emits "\n" only, which strips to an empty answer, and an empty served
+    answer equal to an empty evaluated one would prove nothing."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0
+    out = tmp_path / "wordy-tiny"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_run_experiment_trains_evaluates_reports_and_serves_as_measured(tmp_path, wordy_tiny_model_dir,
+                                                                        tiny_dataset, monkeypatch):
+    tiny_model_dir = wordy_tiny_model_dir
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports/out/<experiment>
     overrides = [f"runs_dir={tmp_path / 'runs'}", "name=e2e", f"data.train_path={tiny_dataset}",
                  f"model.name={tiny_model_dir}", "systems=[hf-lora,unsloth-lora]", "train.max_steps=2",

@@ -1,16 +1,17 @@
 """Human ratings: store durability and concurrency, CSV, blind API, statistics, alpha, the musicprod_human task."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,8 +19,8 @@ import pytest
 
 from harness import OFFLINE_ENV
 from harness.layout import ratings_db_path
-from harness.ratings import (DIMENSIONS, RatingError, RatingStore, export_csv, export_template, import_csv,
-                             krippendorff_alpha, rater_order, summarize, sync_queue)
+from harness.ratings import (DIMENSIONS, RatingError, RatingStore, answer_uid, export_csv, export_template,
+                             generation_files, import_csv, krippendorff_alpha, rater_order, summarize, sync_queue)
 from tests.ratings_helpers import TARGETS, make_experiment, write_generations
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +116,8 @@ def test_regenerated_answers_replace_the_current_ones_and_old_ratings_go_stale(e
     sync_queue(experiment, store)
     new = _uids_by(store)[("hf-lora", "qa-000")]
     assert new != old and len(store.current_answers()) == 6 * len(TARGETS)
-    assert new in store.single_queue("alice") and old not in store.single_queue("alice")
+    queue = store.single_queue("alice")
+    assert store.answer(new)["blind_id"] in queue and store.answer(old)["blind_id"] not in queue
     summary = summarize(experiment, resamples=200)
     assert summary["coverage"]["stale_ratings"] == 1 and "hf-lora" not in summary["targets"]
 
@@ -186,9 +188,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
+def _http(url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=10) as res:
             return res.status, json.loads(res.read())
@@ -197,81 +199,261 @@ def _http(url: str, body: dict | None = None) -> tuple[int, dict]:
 
 
 def test_a_confirmed_rating_survives_killing_the_server_right_after(experiment):
+    """`musicprod rate --raters dora` prints dora's link; ratings sent with its token survive a SIGKILL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.rating", str(experiment), "--port", str(port)], cwd=REPO,
-                            env={**os.environ, **OFFLINE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/rate/api"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "rate", str(experiment), "--port", str(port),
+                             "--raters", "dora"], cwd=REPO, env={**os.environ, **OFFLINE_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for _ in range(300):
-            try:
-                status, queue = _http(f"{base}/queue?rater=dora")
+        link = None
+        for line in proc.stdout:  # the links come after the listening line, before any request is served
+            link = link or re.search(r"dora: (http://\S+/rate/)\?token=(\S+)", line)
+            if "admin view" in line:
                 break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                time.sleep(0.1)
-        else:
-            pytest.fail("rating server did not come up")
+        assert link, "no link printed for dora"
+        base, token = link.group(1) + "api", link.group(2)
+        status, queue = _http(f"{base}/queue", token)
+        assert status == 200
         uids = queue["order"][:3]
         for i, uid in enumerate(uids):
-            status, reply = _http(f"{base}/rate", {"rater": "dora", "uid": uid, "correctness": i + 1,
-                                                   "relevance": 5, "helpfulness": 4, "comment": f"c{i}"})
+            status, reply = _http(f"{base}/rate", token, {"uid": uid, "correctness": i + 1, "relevance": 5,
+                                                          "helpfulness": 4, "comment": f"c{i}"})
             assert status == 200 and reply["saved"] is True
         proc.send_signal(signal.SIGKILL)  # right after the last confirmation: no shutdown, no checkpoint
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     rows = RatingStore(ratings_db_path(experiment)).ratings("dora")
-    assert [(r["uid"], r["correctness"], r["comment"]) for r in rows] == \
+    assert [(r["blind_id"], r["correctness"], r["comment"]) for r in rows] == \
         [(uid, i + 1, f"c{i}") for i, uid in enumerate(uids)]
+
+
+def test_rate_without_raters_refuses_to_serve(experiment):
+    """Nobody could open the UI: say so instead of serving (the old UI served anyone who typed a name)."""
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "rate", str(experiment), "--port", str(_free_port())],
+                          cwd=REPO, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--raters" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------- web API
 
+ADMIN = "admin-secret"
+
+
 @pytest.fixture
-def client(experiment):
+def app(experiment):
     from server.rating import create_rating_app
-    return create_rating_app(experiment).test_client()
+    return create_rating_app(experiment, admin_token=ADMIN)
 
 
-def test_api_is_blind_and_rates_in_the_raters_order(client, experiment):
-    queue = client.get("/rate/api/queue?rater=alice").get_json()
+@pytest.fixture
+def tokens(experiment) -> dict[str, str]:
+    store = RatingStore.for_experiment(experiment)
+    return {name: store.issue_token(name) for name in ("alice", "bob")}
+
+
+class Rater:
+    """A test client that sends one rater's token, as the page does."""
+
+    def __init__(self, app, token: str):
+        self.client, self.headers = app.test_client(), {"Authorization": f"Bearer {token}"}
+
+    def get(self, path, **kw):
+        return self.client.get(path, headers=self.headers, **kw)
+
+    def post(self, path, **kw):
+        return self.client.post(path, headers=self.headers, **kw)
+
+
+@pytest.fixture
+def alice(app, tokens) -> Rater:
+    return Rater(app, tokens["alice"])
+
+
+@pytest.fixture
+def bob(app, tokens) -> Rater:
+    return Rater(app, tokens["bob"])
+
+
+def test_api_is_blind_and_rates_in_the_raters_order(alice, experiment):
+    queue = alice.get("/rate/api/queue").get_json()
     store = RatingStore.for_experiment(experiment)
     assert queue["order"] == store.single_queue("alice") and queue["total"] == 18 and queue["done"] == []
-    responses = [client.get("/rate/api/queue?rater=alice"), client.get(f"/rate/api/item/{queue['order'][0]}?rater=alice"),
-                 client.get("/rate/api/queue?rater=alice&mode=pairwise"), client.get("/rate/")]
+    responses = [alice.get("/rate/api/queue"), alice.get(f"/rate/api/item/{queue['order'][0]}"),
+                 alice.get("/rate/api/queue?mode=pairwise"), alice.get("/rate/")]
     pair = responses[2].get_json()["order"][0]
-    responses.append(client.get(f"/rate/api/pair/{pair}?rater=alice"))
+    responses.append(alice.get(f"/rate/api/pair/{pair}"))
+    internal = {a["uid"] for a in store.current_answers()}  # computable from the answer text: never shown
     for res in responses:
         assert res.status_code == 200
-        for target in TARGETS:
-            assert target not in res.get_data(as_text=True), f"{res.request.path} reveals {target!r}"
-    reply = client.post("/rate/api/rate", json={"rater": "alice", "uid": queue["order"][0], "correctness": 3,
-                                                "relevance": 4, "helpfulness": 2, "comment": "ok"})
+        body = res.get_data(as_text=True)
+        for secret in (*TARGETS, *internal):
+            assert secret not in body, f"{res.request.path} reveals {secret!r}"
+    reply = alice.post("/rate/api/rate", json={"uid": queue["order"][0], "correctness": 3, "relevance": 4,
+                                               "helpfulness": 2, "comment": "ok"})
     assert reply.status_code == 200 and reply.get_json()["saved"] is True
-    assert client.get("/rate/api/queue?rater=alice").get_json()["done"] == [queue["order"][0]]
-    item = client.get(f"/rate/api/item/{queue['order'][0]}?rater=alice").get_json()
+    assert alice.get("/rate/api/queue").get_json()["done"] == [queue["order"][0]]
+    item = alice.get(f"/rate/api/item/{queue['order'][0]}").get_json()
     assert item["rating"] == {"correctness": 3, "relevance": 4, "helpfulness": 2, "comment": "ok"}
-    bad = client.post("/rate/api/rate", json={"rater": "alice", "uid": queue["order"][1], "correctness": 0,
-                                              "relevance": 4, "helpfulness": 2})
+    bad = alice.post("/rate/api/rate", json={"uid": queue["order"][1], "correctness": 0, "relevance": 4,
+                                             "helpfulness": 2})
     assert bad.status_code == 400 and "correctness" in bad.get_json()["error"]
     assert len(store.ratings()) == 1
 
 
-def test_pairwise_sides_are_randomised_and_stored_as_shown(client, experiment):
+def test_blind_ids_are_random_not_a_function_of_the_answer(tmp_path):
+    """The same generations queued in two stores: every id the browser sees differs (the old uid was a hash of
+    target, item and answer text, so a rater could compute which system wrote an answer)."""
+    first, second = make_experiment(tmp_path / "a"), make_experiment(tmp_path / "b")
+    stores = [RatingStore.for_experiment(e) for e in (first, second)]
+    for experiment, store in zip((first, second), stores):
+        sync_queue(experiment, store)
+    computable = {answer_uid(a["target"], a["item_id"], a["answer"]) for a in stores[0].current_answers()}
+    blind = [set(store.single_queue("alice")) for store in stores]
+    pairs = [set(store.pairs()) for store in stores]
+    assert not blind[0] & blind[1] and not pairs[0] & pairs[1]
+    assert not blind[0] & computable and not pairs[0] & computable
+    assert len(blind[0]) == 18 and len(pairs[0]) == 18
+
+
+def test_a_store_from_before_blind_ids_gets_them_and_keeps_its_ratings(experiment, store):
+    uid = _uids_by(store)[("base", "qa-000")]
+    _rate(store, "alice", uid, 4, comment="kept")
+    with sqlite3.connect(store.path) as conn:  # the schema as it was: no blind_id column
+        conn.execute("DROP INDEX answers_blind")
+        conn.execute("ALTER TABLE answers DROP COLUMN blind_id")
+    reopened = RatingStore(store.path)
+    blind = reopened.answer(uid)["blind_id"]
+    assert blind and len(set(reopened.single_queue("alice"))) == 18
+    assert [(r["blind_id"], r["comment"]) for r in reopened.ratings("alice")] == [(blind, "kept")]
+
+
+def test_every_route_needs_a_rater_token(app, tokens):
+    client = app.test_client()
+    urls = [re.sub(r"<(?:\w+:)?(\w+)>", "x", rule.rule) for rule in app.url_map.iter_rules()
+            if rule.rule.startswith("/rate") and rule.endpoint != "rating.admin"]
+    assert {"/rate/", "/rate/static/x", "/rate/api/queue", "/rate/api/item/x", "/rate/api/rate", "/rate/api/pair/x",
+            "/rate/api/compare"} <= set(urls)
+    for url in urls:
+        for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YWxpY2U6"}):
+            for method in ("GET", "POST"):
+                r = client.open(url + "?rater=alice", method=method, headers=headers, json={"rater": "alice"})
+                assert r.status_code in (401, 405), (method, url, headers, r.status_code)
+    with_token = [app.test_client().get(f"/rate/static/rating.js?token={tokens['alice']}"),
+                  app.test_client().get(f"/rate/?token={tokens['bob']}")]
+    assert [r.status_code for r in with_token] == [200, 200]
+    assert '"rater": "bob"' in with_token[1].get_data(as_text=True)  # the page's config: who rates here
+
+
+def test_raters_neither_see_nor_change_each_others_ratings(alice, bob, experiment):
+    uid = alice.get("/rate/api/queue").get_json()["order"][0]
+    assert alice.post("/rate/api/rate", json={"uid": uid, "correctness": 5, "relevance": 5, "helpfulness": 5,
+                                              "comment": "alice's"}).status_code == 200
+    assert bob.get(f"/rate/api/item/{uid}").get_json()["rating"] is None
+    assert bob.get("/rate/api/queue").get_json()["done"] == []
+    # bob claims to be alice in every way the old API accepted: the token decides
+    r = bob.post("/rate/api/rate?rater=alice", json={"rater": "alice", "uid": uid, "correctness": 1,
+                                                     "relevance": 1, "helpfulness": 1, "comment": "bob's"})
+    assert r.status_code == 200
+    assert alice.get(f"/rate/api/item/{uid}?rater=bob").get_json()["rating"]["comment"] == "alice's"
+    assert bob.get(f"/rate/api/item/{uid}?rater=alice").get_json()["rating"]["comment"] == "bob's"
+    store = RatingStore.for_experiment(experiment)
+    assert sorted((r["rater"], r["comment"]) for r in store.ratings()) == [("alice", "alice's"), ("bob", "bob's")]
+
+
+def test_a_reissued_token_replaces_the_old_link(experiment, app, tokens):
+    store = RatingStore.for_experiment(experiment)
+    assert store.issue_token("alice") is None  # has a link: not silently replaced
+    new = store.issue_token("alice", reissue=True)
+    assert Rater(app, tokens["alice"]).get("/rate/api/queue").status_code == 401
+    assert Rater(app, new).get("/rate/api/queue").status_code == 200
+    stored = b"".join(f.read_bytes() for f in experiment.glob("ratings.sqlite*"))
+    assert tokens["bob"].encode() not in stored  # only hashes are stored
+
+
+def test_admin_view_only_on_loopback_with_the_admin_token(app, tokens, alice):
+    alice.post("/rate/api/rate", json={"uid": alice.get("/rate/api/queue").get_json()["order"][0], "correctness": 4,
+                                       "relevance": 4, "helpfulness": 4})
+    client = app.test_client()
+    ok = client.get(f"/rate/admin?token={ADMIN}", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert ok.status_code == 200 and "Krippendorff alpha" in ok.get_data(as_text=True)
+    assert "alice: 1 ratings" in ok.get_data(as_text=True)
+    denied = [client.get(f"/rate/admin?token={ADMIN}", environ_base={"REMOTE_ADDR": "192.168.1.20"}),
+              client.get(f"/rate/admin?token={tokens['alice']}", environ_base={"REMOTE_ADDR": "127.0.0.1"}),
+              client.get("/rate/admin", environ_base={"REMOTE_ADDR": "127.0.0.1"})]
+    assert [r.status_code for r in denied] == [403, 403, 403]
+    assert not any(t in r.get_data(as_text=True) for r in denied for t in TARGETS)
+
+
+def test_pairwise_sides_are_randomised_and_stored_as_shown(alice, experiment):
     store = RatingStore.for_experiment(experiment)
     pairs = store.pairs()
     assert len(pairs) == 6 * 3  # 6 items x 3 target pairs
     sides = {pid: [store.pair_sides(f"r{i}", pid)[0] for i in range(8)] for pid in pairs}
     assert any(len(set(s)) == 2 for s in sides.values())  # the same pair shows either answer as A
-    pid = client.get("/rate/api/queue?rater=alice&mode=pairwise").get_json()["order"][0]
-    shown = client.get(f"/rate/api/pair/{pid}?rater=alice").get_json()
-    assert client.post("/rate/api/compare", json={"rater": "alice", "pair": pid, "choice": "a"}).status_code == 200
+    pid = alice.get("/rate/api/queue?mode=pairwise").get_json()["order"][0]
+    shown = alice.get(f"/rate/api/pair/{pid}").get_json()
+    assert alice.post("/rate/api/compare", json={"pair": pid, "choice": "a"}).status_code == 200
     row = store.pairwise("alice")[0]
     assert store.answer(row["uid_a"])["answer"] == shown["answer_a"] and row["choice"] == "a"
-    again = client.get(f"/rate/api/pair/{pid}?rater=alice").get_json()
+    again = alice.get(f"/rate/api/pair/{pid}").get_json()
     assert again["judgement"]["choice"] == "a"
+
+
+def test_hidden_eval_folders_are_not_targets(experiment, alice):
+    """harness.io.atomic_dir's work in progress (.<target>.tmp-*, half written) and a crash's leftover
+    (.<target>.old-*) next to the real folders: neither is queued, and the queue keeps working."""
+    eval_root = experiment / "eval"
+    (eval_root / ".hf-lora.tmp-x1y2").mkdir()
+    (eval_root / ".hf-lora.tmp-x1y2" / "generations.jsonl").write_text('{"id": "qa-000", "question": "half')
+    (eval_root / ".base.old-4242").mkdir()
+    (eval_root / ".base.old-4242" / "generations.jsonl").write_text(
+        (eval_root / "base" / "generations.jsonl").read_text())
+    assert sorted(generation_files(experiment)) == sorted(TARGETS)
+    r = alice.get("/rate/api/queue")
+    assert r.status_code == 200 and r.get_json()["total"] == 18
+    # a real target's file being rewritten (or broken) is logged; the queue is served as it was
+    (eval_root / "hf-lora" / "generations.jsonl").write_text('{"id": "qa-000", "quest')
+    r = alice.get("/rate/api/queue")
+    assert r.status_code == 200 and r.get_json()["total"] == 18
+
+
+def test_rating_app_limits_bodies_sets_headers_and_answers_errors_in_json(alice, app, experiment):
+    page = alice.get("/rate/")
+    for res in (page, alice.get("/rate/api/queue"), app.test_client().get("/rate/api/queue")):
+        assert res.headers["X-Content-Type-Options"] == "nosniff"
+        assert res.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in res.headers["Content-Security-Policy"]
+        assert res.headers["Referrer-Policy"] == "no-referrer"
+    uid = alice.get("/rate/api/queue").get_json()["order"][0]
+    big = alice.post("/rate/api/rate", json={"uid": uid, "correctness": 3, "relevance": 3, "helpfulness": 3,
+                                             "comment": "x" * (128 << 10)})
+    assert big.status_code == 413 and "larger than" in big.get_json()["error"]
+    surrogate = alice.post("/rate/api/rate", data='{"uid": "%s", "correctness": 3, "relevance": 3, '
+                           '"helpfulness": 3, "comment": "\\ud800"}' % uid, content_type="application/json")
+    assert surrogate.status_code == 400 and "comment" in surrogate.get_json()["error"]
+    plain = alice.post("/rate/api/rate", data=json.dumps({"uid": uid, "correctness": 3, "relevance": 3,
+                                                          "helpfulness": 3}), content_type="text/plain")
+    assert plain.status_code == 400 and "application/json" in plain.get_json()["error"]
+    db = ratings_db_path(experiment)
+    db.write_bytes(b"this is not a database" * 100)  # a real failure inside a route: SQLite cannot open it
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    broken = alice.get("/rate/api/queue")
+    assert broken.status_code == 500 and broken.is_json
+    assert str(experiment) not in broken.get_data(as_text=True) and "sqlite" not in broken.get_data(as_text=True)
+
+
+def test_rating_app_refuses_foreign_host_headers(experiment, tokens):
+    from server.rating import create_rating_app
+    from server.security import allowed_hosts
+    client = create_rating_app(experiment, allowed=allowed_hosts("127.0.0.1")).test_client()
+    headers = {"Authorization": f"Bearer {tokens['alice']}"}
+    assert client.get("/rate/api/queue", headers={**headers, "Host": "attacker.example:8765"}).status_code == 400
+    assert client.get("/rate/api/queue", headers={**headers, "Host": "localhost:8765"}).status_code == 200
 
 
 # ------------------------------------------------------------------------------------------------- CSV
@@ -322,10 +504,10 @@ def test_blind_template_has_no_target_and_imports_back(tmp_path, store):
     path = tmp_path / "template.csv"
     assert export_template(store, path, "Kai") == 18
     text = path.read_text()
-    assert "target" not in text.splitlines()[0] and not any(t in text for t in TARGETS)
+    internal = [a["uid"] for a in store.current_answers()]  # computable from the answer text
+    assert "target" not in text.splitlines()[0] and not any(t in text for t in (*TARGETS, *internal))
     lines = text.splitlines()
     header = lines[0].split(",")
-    import csv
     rows = list(csv.DictReader(path.open()))
     rows[0].update(correctness="2", relevance="3", helpfulness="4")
     with path.open("w", newline="") as f:
@@ -333,7 +515,33 @@ def test_blind_template_has_no_target_and_imports_back(tmp_path, store):
         writer.writeheader()
         writer.writerows(rows)
     assert import_csv(store, path) == {"kind": "single", "imported": 1, "skipped_empty": 17}
-    assert store.ratings("Kai")[0]["uid"] == rows[0]["uid"] == store.single_queue("Kai")[0]
+    assert store.ratings("Kai")[0]["blind_id"] == rows[0]["answer_id"] == store.single_queue("Kai")[0]
+
+
+def test_cells_a_spreadsheet_would_run_are_defused_and_import_back(tmp_path, experiment):
+    """Exports open in spreadsheets (the documented workflow): a cell starting with = + - @ must be text there."""
+    path = experiment / "eval" / "hf-lora" / "generations.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["answer"] = "-3 dB on the bus; =SUM(A1) is not a formula here"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = RatingStore.for_experiment(experiment)
+    sync_queue(experiment, store)
+    uids = _uids_by(store)
+    comments = ['=HYPERLINK("http://evil.example","click")', "+1 agree", "@SUM(1+1)", "'=quoted already", "plain"]
+    for i, comment in enumerate(comments):
+        _rate(store, "alice", uids[("base", f"qa-{i:03d}")], 3, comment=comment)
+    export_csv(store, tmp_path / "ratings.csv")
+    export_template(store, tmp_path / "sheet.csv", "alice")
+    for sheet in ("ratings.csv", "sheet.csv"):
+        cells = [c for row in csv.reader((tmp_path / sheet).open()) for c in row]
+        assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], sheet
+    sheet_cells = [c for row in csv.reader((tmp_path / "sheet.csv").open()) for c in row]
+    assert "'-3 dB on the bus; =SUM(A1) is not a formula here" in sheet_cells
+    fresh_dir = make_experiment(tmp_path / "copy")
+    fresh = RatingStore.for_experiment(fresh_dir)
+    sync_queue(fresh_dir, fresh)
+    import_csv(fresh, tmp_path / "ratings.csv")
+    assert sorted(r["comment"] for r in fresh.ratings()) == sorted(comments)  # exactly what was typed
 
 
 # ------------------------------------------------------------------------------------------------- summary

@@ -1,6 +1,7 @@
 """End to end in real Chromium (Debian `chromium` + `chromium-driver`, driven by Selenium): rate three items with
-keyboard and mouse, then check the stored rows. Screenshots go to the pytest tmp dir and are kept in
-$MUSICPROD_SCREENSHOT_DIR (default reports/out/screenshots/) for a person to look at."""
+keyboard and mouse, then check the stored rows; two raters in two tabs of one browser. Each rater opens their
+personal link (?token=...), as printed by `musicprod rate --raters`. Screenshots go to the pytest tmp dir and are
+kept in $MUSICPROD_SCREENSHOT_DIR (default reports/out/screenshots/) for a person to look at."""
 from __future__ import annotations
 
 import os
@@ -25,13 +26,16 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def served(tmp_path):
+    """(experiment, {rater: personal link})."""
     from werkzeug.serving import make_server
     from server.rating import create_rating_app
     experiment = make_experiment(tmp_path, n=4)
+    store = RatingStore.for_experiment(experiment)
     server = make_server("127.0.0.1", 0, create_rating_app(experiment), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield experiment, f"http://127.0.0.1:{server.server_port}/rate/"
+    base = f"http://127.0.0.1:{server.server_port}/rate/"
+    yield experiment, {name: f"{base}?token={store.issue_token(name)}" for name in ("Tess", "Pia", "Uwe")}
     server.shutdown()
 
 
@@ -72,13 +76,13 @@ def _save_screenshot(driver, tmp_path: Path, name: str) -> Path:
 
 def test_rate_three_items_in_chromium(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
-    experiment, url = served
+    experiment, links = served
     store = RatingStore.for_experiment(experiment)
     order = store.single_queue("Tess")
-    questions = {a["uid"]: a["question"] for a in store.current_answers()}
-    references = {a["uid"]: a["reference"] for a in store.current_answers()}
-    browser.get(url)
-    browser.find_element(By.ID, "rater-name").send_keys("Tess")
+    questions = {a["blind_id"]: a["question"] for a in store.current_answers()}
+    references = {a["blind_id"]: a["reference"] for a in store.current_answers()}
+    browser.get(links["Tess"])
+    assert "Tess" in browser.find_element(By.ID, "rating-as").text
     browser.find_element(By.ID, "start").click()
     _wait_text(browser, "progress-text", "0 of 12 rated")
     assert browser.find_element(By.ID, "question").text == questions[order[0]]
@@ -112,7 +116,7 @@ def test_rate_three_items_in_chromium(served, browser, tmp_path):
 
     page = browser.find_element(By.TAG_NAME, "body").text
     assert not any(t in page for t in TARGETS), "the page reveals a system name"
-    rows = {r["uid"]: r for r in store.ratings("Tess")}
+    rows = {r["blind_id"]: r for r in store.ratings("Tess")}
     assert {uid: (r["correctness"], r["relevance"], r["helpfulness"], r["comment"]) for uid, r in rows.items()} == {
         order[0]: (4, 5, 3, ""), order[1]: (2, 3, 1, "too vague"), order[2]: (5, 5, 5, "")}
 
@@ -130,10 +134,9 @@ def test_rate_three_items_in_chromium(served, browser, tmp_path):
 
 def test_pairwise_choice_in_chromium(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
-    experiment, url = served
+    experiment, links = served
     store = RatingStore.for_experiment(experiment)
-    browser.get(url)
-    browser.find_element(By.ID, "rater-name").send_keys("Pia")
+    browser.get(links["Pia"])
     browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=pairwise]").click()
     browser.find_element(By.ID, "start").click()
     _wait_text(browser, "progress-text", "0 of 12 rated")
@@ -146,3 +149,36 @@ def test_pairwise_choice_in_chromium(served, browser, tmp_path):
     rows = store.pairwise("Pia")
     assert [r["choice"] for r in rows] == ["b", "tie"]
     assert store.answer(rows[0]["uid_a"])["answer"] == shown_a
+
+
+def test_two_raters_in_two_tabs_keep_their_own_ratings(served, browser):
+    """Pia and Uwe in two tabs of one browser (shared localStorage and cookies): each save lands under the
+    tab's own rater, and Uwe's tab, asking for Pia's item, gets no rating of Pia's."""
+    from selenium.webdriver.common.by import By
+    experiment, links = served
+    store = RatingStore.for_experiment(experiment)
+    tabs = {}
+    for name in ("Pia", "Uwe"):
+        browser.switch_to.new_window("tab")
+        tabs[name] = browser.current_window_handle
+        browser.get(links[name])
+        browser.find_element(By.ID, "start").click()
+        _wait_text(browser, "progress-text", "0 of 12 rated")
+    for name, keys in (("Pia", "121n"), ("Uwe", "545n")):
+        browser.switch_to.window(tabs[name])
+        _keys(browser, keys)
+        _wait_text(browser, "progress-text", "1 of 12 rated")
+    pia_item, uwe_item = store.single_queue("Pia")[0], store.single_queue("Uwe")[0]
+    assert [(r["rater"], r["blind_id"], r["correctness"], r["relevance"]) for r in store.ratings()] == \
+        [("Pia", pia_item, 1, 2), ("Uwe", uwe_item, 5, 4)]
+    browser.switch_to.window(tabs["Uwe"])
+    seen = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const token = new URLSearchParams(location.search).get("token");
+        fetch("api/item/" + arguments[0], {headers: {Authorization: "Bearer " + token}})
+          .then((r) => r.json()).then(done);""", pia_item)
+    assert seen["rating"] is None if pia_item != uwe_item else seen["rating"]["correctness"] == 5
+    browser.switch_to.window(tabs["Pia"])
+    browser.refresh()
+    browser.find_element(By.ID, "start").click()
+    _wait_text(browser, "progress-text", "1 of 12 rated")  # Uwe's save did not count for Pia

@@ -319,8 +319,17 @@ def save_adapter(trainer, adapter_dir: Path, tokenizer) -> None:
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a folder without it is one
+    the process died while writing (transformers' get_last_checkpoint would pick it and fail to resume)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    folders = sorted((p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                      if p.is_dir() and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+    for folder in reversed(folders):
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        print(f"[resume] skipping {folder}: incomplete (no trainer_state.json; the run died while saving it)",
+              flush=True)
+    return None
 
 
 def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir: Path, tokenizer,

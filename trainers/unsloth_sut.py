@@ -99,4 +99,5 @@ def train(cfg, system, model_path: str, out_dir: Path) -> dict:
     # The HF systems' speed settings, resolved for this device (on CUDA: fp32 adapters, no torch.compile, which
     # is what Unsloth's own defaults are compared against); the record reads the adapter dtype off the model.
     runtime = common.planned_runtime(cfg, cuda_available())
+    model = common.apply_runtime(model, runtime)  # a no-op on CUDA; on CPU the same bf16 adapters and compile
     return common.fit(cfg, model, tokenizer, out_dir, use_cpu=not cuda_available(), runtime=runtime)

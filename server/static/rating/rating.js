@@ -1,24 +1,26 @@
 // Blind rating UI. All model text goes in through textContent (never innerHTML): answers are untrusted.
+// The rater is whoever the link's token belongs to; every call sends it (a header, so no cookie can be ridden).
 (function () {
   "use strict";
   const cfg = JSON.parse(document.getElementById("rating-config").textContent);
+  const TOKEN = new URLSearchParams(window.location.search).get("token") || "";
   const DIMS = cfg.rubric.map((d) => d.key);
   const $ = (id) => document.getElementById(id);
   const st = {
     lang: localStorage.getItem("rating.lang") || cfg.lang,
-    rater: "", mode: "single", order: [], done: new Set(), pos: -1, history: [],
+    mode: "single", order: [], done: new Set(), pos: -1, history: [],
     item: null, scores: {}, active: 0, choice: null, busy: false,
   };
 
   function t(key, vars) {
     let s = (cfg.text[st.lang] || cfg.text.en)[key];
-    if (typeof s === "string" && vars) for (const [k, v] of Object.entries(vars)) s = s.replace("{" + k + "}", v);
+    if (typeof s === "string" && vars) for (const [k, v] of Object.entries(vars)) s = s.replace("{" + k + "}", () => v);  // v taken literally ($&)
     return s;
   }
   function setText(id, key) { $(id).textContent = t(key); }
   function view(name) {
     for (const v of ["start", "item", "done"]) $("view-" + v).hidden = v !== name;
-    $("change-rater").hidden = name === "start";
+    $("change-mode").hidden = name === "start";
   }
   function status(msg, kind) {
     const el = $("status");
@@ -31,9 +33,10 @@
     document.documentElement.lang = st.lang;
     $("ui-lang").value = st.lang;
     document.title = t("title");
-    for (const [id, key] of [["title", "title"], ["intro", "intro"], ["name-label", "name_label"],
+    $("rating-as").textContent = t("rating_as", { name: cfg.rater });
+    for (const [id, key] of [["title", "title"], ["intro", "intro"],
       ["mode-label", "mode_label"], ["mode-single", "mode_single"], ["mode-pairwise", "mode_pairwise"],
-      ["start", "start"], ["change-rater", "change_rater"], ["ui-lang-label", "language"],
+      ["start", "start"], ["change-mode", "change_mode"], ["ui-lang-label", "language"],
       ["q-heading", "question"], ["ref-heading", "reference"], ["comment-label", "comment"], ["back", "back"],
       ["skip", "skip"], ["save", "save_next"], ["choose-a", "a_better"], ["choose-b", "b_better"],
       ["choose-tie", "tie"], ["done-title", "done_title"], ["done-text", "done_text"], ["done-back", "back"]]) {
@@ -115,8 +118,9 @@
   async function api(path, params, body) {
     const url = new URL(cfg.api + path, window.location.href);
     for (const [k, v] of Object.entries(params || {})) url.searchParams.set(k, v);
-    const res = await fetch(url, body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    const headers = { Authorization: "Bearer " + TOKEN };
+    const res = await fetch(url, body === undefined ? { headers: headers } : {
+      method: "POST", headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     let data = null;
     try { data = await res.json(); } catch (e) { /* not JSON: reported below */ }
@@ -126,15 +130,11 @@
 
   async function start(ev) {
     ev.preventDefault();
-    const name = $("rater-name").value.trim();
-    if (!name) { $("start-error").textContent = t("name_required"); $("rater-name").focus(); return; }
     $("start-error").textContent = "";
-    st.rater = name;
     st.mode = document.querySelector("input[name=mode]:checked").value;
-    localStorage.setItem("rating.rater", name);
     localStorage.setItem("rating.mode", st.mode);
     try {
-      const q = await api("/queue", { rater: name, mode: st.mode });
+      const q = await api("/queue", { mode: st.mode });
       st.order = q.order;
       st.done = new Set(q.done);
     } catch (e) { $("start-error").textContent = e.message; return; }
@@ -160,8 +160,7 @@
   async function show(pos) {
     st.pos = pos;
     const key = st.order[pos];
-    const data = st.mode === "pairwise" ? await api("/pair/" + key, { rater: st.rater })
-      : await api("/item/" + key, { rater: st.rater });
+    const data = await api((st.mode === "pairwise" ? "/pair/" : "/item/") + encodeURIComponent(key));
     st.item = data;
     st.scores = {};
     st.choice = null;
@@ -222,7 +221,7 @@
     const n = DIMS.filter((d) => st.scores[d]).length;
     if (n === 0 && !st.item.rating) return goNext();
     if (n < DIMS.length) { status(t("incomplete"), "err"); return; }
-    const body = { rater: st.rater, uid: st.item.uid, comment: $("comment").value };
+    const body = { uid: st.item.uid, comment: $("comment").value };
     for (const d of DIMS) body[d] = st.scores[d];
     await submit("/rate", body, st.item.uid);
   }
@@ -230,7 +229,7 @@
     if (st.busy || !st.item) return;
     st.choice = choice;
     markChoice();
-    await submit("/compare", { rater: st.rater, pair: st.item.pair, choice: choice, comment: $("comment").value },
+    await submit("/compare", { pair: st.item.pair, choice: choice, comment: $("comment").value },
       st.item.pair);
   }
   async function submit(path, body, key) {
@@ -282,14 +281,13 @@
   $("done-back").addEventListener("click", back);
   $("toggle-ref").addEventListener("click", toggleRef);
   for (const c of ["a", "tie", "b"]) $("choose-" + c).addEventListener("click", () => choose(c));
-  $("change-rater").addEventListener("click", () => { st.item = null; view("start"); $("rater-name").focus(); });
+  $("change-mode").addEventListener("click", () => { st.item = null; view("start"); $("start").focus(); });
   $("ui-lang").addEventListener("change", (ev) => {
     st.lang = ev.target.value;
     localStorage.setItem("rating.lang", st.lang);
     applyText();
   });
   document.addEventListener("keydown", onKey);
-  $("rater-name").value = localStorage.getItem("rating.rater") || "";
   const mode = localStorage.getItem("rating.mode");
   if (mode) document.querySelector("input[name=mode][value=" + mode + "]").checked = true;
   applyText();
