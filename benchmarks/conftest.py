@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness import set_offline_env
-from harness.layout import champion_path as champion_file, eval_summary_path
+from harness.layout import champion_path as champion_file
+from harness.layout import eval_summary_path
 
 REPO = Path(__file__).resolve().parent.parent
 set_offline_env()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.eval.stats import verdict
 from harness.layout import BASE_TARGET, is_system_target
 from harness.registry import QLORA_PAIRS
-from harness.eval.stats import verdict
 
 REPO = Path(__file__).resolve().parent.parent
 # QLoRA may trail LoRA by at most 5 points (CI lower bound) ...

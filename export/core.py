@@ -9,8 +9,7 @@ from pathlib import Path
 
 from export.layout import GGUF_TYPES, MANIFEST, SERVE_GGUF_TYPE, export_dir, gguf_path
 from export.source import ExportError, resolve_source
-from harness.io import sha256_file, write_json_atomic
-from harness.io import now_iso
+from harness.io import now_iso, sha256_file, write_json_atomic
 
 FORMATS = ("merged", "gguf", "ollama")
 

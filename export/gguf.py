@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from export import converter as conv
+from export.files import make_readable
 from export.layout import gguf_name
 from export.source import ExportError, ExportSource
-from export.files import make_readable
 from harness.io import atomic_dir, write_json_atomic
 
 # f16 stores each weight with a 2^-11 relative error; over SmolLM2's 30 layers that moves logits by ~0.05
@@ -62,6 +62,7 @@ def f16_logit_diff(merged_dir: Path, gguf_file: Path) -> float:
     """max |logit difference| between the merged folder and the GGUF loaded back by transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from export.merged import VERIFY_PROMPT
     tok = AutoTokenizer.from_pretrained(merged_dir)
     ids = tok(VERIFY_PROMPT, return_tensors="pt")["input_ids"]

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from export.card import model_card
+from export.files import make_readable
 from export.source import ExportError, ExportSource
 from export.tokenizer import normalize_byte_level
-from export.files import make_readable
 from harness.io import atomic_dir, write_json_atomic
 
 VERIFY_PROMPT = "How do I set the attack time on a bus compressor? Wie stelle ich einen Limiter ein?"
@@ -42,6 +42,7 @@ def write_merged(src: ExportSource, out: Path, dtype: str = "auto", card_files: 
                  log=print) -> dict:
     """Write out/ (atomically): merged safetensors, tokenizer + chat template, generation config, README.md."""
     from transformers import AutoModelForCausalLM
+
     from harness.models import load_for_inference
     t0 = time.perf_counter()
     dtype = base_dtype(src.base_model_path) if dtype == "auto" else dtype

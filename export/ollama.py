@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.card import BASE_LICENCES
-from export.source import ExportError, ExportSource
 from export.files import make_readable
+from export.source import ExportError, ExportSource
 from harness.io import atomic_dir
 
 MARK = "\x1eMUSICPROD_CONTENT\x1e"

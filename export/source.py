@@ -9,8 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.layout import BASE_TARGET, champion_path, eval_summary_path
-from harness.layout import record_path
+from harness.layout import BASE_TARGET, champion_path, eval_summary_path, record_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

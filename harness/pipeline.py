@@ -11,11 +11,10 @@ from pathlib import Path
 from harness import OFFLINE_ENV
 from harness.config import ExperimentConfig, to_dict
 from harness.data.load import experiment_rows
-from harness.io import write_json_atomic
+from harness.io import now_iso, write_json_atomic
+from harness.layout import record_path
 from harness.models import prepare
 from harness.records import base_record, write_record
-from harness.io import now_iso
-from harness.layout import record_path
 from harness.registry import get_system
 from trainers.launch import allocator_env, worker_command
 

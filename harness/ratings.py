@@ -35,9 +35,9 @@ from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from harness.eval.stats import mean_ci, spearman
 from harness.io import read_jsonl
 from harness.layout import BASE_TARGET, eval_dir, judge_dir, ratings_db_path
-from harness.eval.stats import mean_ci, spearman
 
 DIMENSIONS = ("correctness", "relevance", "helpfulness")
 SCORES = (1, 2, 3, 4, 5)

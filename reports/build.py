@@ -10,11 +10,10 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from harness.io import atomic_dir, sha256_file
+from harness.eval.stats import fdr_adjust
+from harness.io import atomic_dir, now_iso, sha256_file
 from harness.layout import BASE_TARGET, LOOKUP_TARGET, champion_path, is_system_target, report_dir
 from harness.records import git_sha
-from harness.io import now_iso
-from harness.eval.stats import fdr_adjust
 from reports import plots
 from reports.champion import RULE, decide, metric, peak_memory_mib
 from reports.load import Experiment, load_experiment, load_generations, read_json, reliable_judge

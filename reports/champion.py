@@ -7,10 +7,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness.io import write_json_atomic
-from harness.layout import BASE_TARGET, champion_path
-from harness.io import now_iso
 from harness.eval.stats import verdict
+from harness.io import now_iso, write_json_atomic
+from harness.layout import BASE_TARGET, champion_path
 from reports.load import Experiment, load_experiment, reliable_judge
 
 PRIMARY = ("qa", "key_fact_recall")

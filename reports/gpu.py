@@ -16,8 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from harness.bench.figures import PAIRS, pair_ratios
-from harness.io import atomic_dir
-from harness.io import now_iso
+from harness.io import atomic_dir, now_iso
 from reports.load import ReportError, read_json
 from reports.plots import STYLE, _figure
 

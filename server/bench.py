@@ -76,6 +76,7 @@ def measure_level(url: str, concurrency: int, n_requests: int, new_tokens: int) 
 def bench_llamacpp(new_tokens: int, threads: int, n: int = 4) -> dict | None:
     try:
         from llama_cpp import Llama
+
         from harness.registry import get_base_model
     except ImportError:
         return None

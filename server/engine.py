@@ -287,6 +287,7 @@ class Engine:
     def _step_row(self, row: _Row, logits) -> int:
         """Pick the next token of one row (greedy or temperature + top-p with the row's own generator)."""
         import torch
+
         from harness.eval.generation import penalize_repeats
         p = row.p
         if row.tokens and (p.repetition_penalty != 1.0 or p.no_repeat_ngram_size):

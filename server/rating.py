@@ -24,8 +24,19 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from harness.ratings import (DIMENSIONS, PAIR_CHOICES, RUBRIC, SCORES, RatingError, RatingStore, format_summary,
-                             generation_files, pair_key, summarize, sync_queue)
+from harness.ratings import (
+    DIMENSIONS,
+    PAIR_CHOICES,
+    RUBRIC,
+    SCORES,
+    RatingError,
+    RatingStore,
+    format_summary,
+    generation_files,
+    pair_key,
+    summarize,
+    sync_queue,
+)
 from server.security import WILDCARD_HOSTS, allowed_hosts, bearer_token, host_allowed, is_loopback, same_secret
 
 log = logging.getLogger("musicprod.rating")

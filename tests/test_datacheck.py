@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from harness import datacheck as dc
+from harness.data import check as dc
 from harness.data.load import DatasetError
 from tests.conftest import REPO
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import build_parser, distributed_overrides
+from harness.cli import build_parser
+from harness.cli.train import distributed_overrides
 from harness.config import ConfigError, load_config
 from harness.models import ResolvedModel
 from harness.pipeline import train_system

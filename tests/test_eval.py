@@ -206,6 +206,7 @@ def test_lm_eval_cli_finds_tasks_from_any_directory(tmp_path, tiny_model_dir):
 def test_greedy_generate_matches_hf_generate_and_drops_finished_rows(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from harness.eval.generation import greedy_generate
     tok = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -285,6 +286,7 @@ def test_the_adapter_changes_what_is_scored(tiny_experiment):
 
 def test_base_evaluation_is_reused_until_its_key_changes(tiny_experiment, tmp_path):
     import shutil
+
     from harness.eval.run import run_eval
     other = tmp_path / "other"
     shutil.copytree(tiny_experiment / "hf-lora", other / "hf-lora")
@@ -337,6 +339,7 @@ def test_summary_carries_coverage_slices_and_split(tiny_experiment):
 def test_repetition_control_changes_greedy_answers_only_where_they_repeat(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
+
     from harness.eval.generation import greedy_generate, penalize_repeats
     logits = torch.tensor([[0.0, 5.0, 4.0, 1.0]])
     assert penalize_repeats(logits.clone(), torch.tensor([[1]]), repetition_penalty=2.0).argmax() == 2

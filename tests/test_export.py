@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,7 @@ N_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_model_dir, gguf_converter):
+def exported(tmp_path_factory, tiny_model_dir, gguf_converter):  # noqa: F811 (pytest fixture)
     """The tiny experiment exported in all three formats (once for the module)."""
     root = tmp_path_factory.mktemp("export")
     exp = make_export_experiment(root, tiny_model_dir)
@@ -45,6 +43,7 @@ def test_round_trip_greedy_tokens(exported, tiny_model_dir):
     """Merged folder and the f16 GGUF loaded back by transformers: the same greedy tokens as base + adapter."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from harness.models import load_for_inference
     exp, out, _ = exported
     reference, tok = load_for_inference(str(tiny_model_dir), str(exp / "hf-lora" / "adapter"), "float32", merge=False)
@@ -113,6 +112,7 @@ def test_gguf_metadata_and_q8(exported):
 
 def test_ollama_modelfile(exported):
     from transformers import AutoTokenizer
+
     from export.ollama import CHECK_CONVERSATION, template_pieces
     _, out, manifest = exported
     text = (out / "ollama" / "Modelfile").read_text()
@@ -134,6 +134,7 @@ def test_ollama_modelfile(exported):
 
 def test_ollama_rejects_a_template_that_is_not_per_message(tiny_model_dir):
     from transformers import AutoTokenizer
+
     from export.ollama import template_pieces
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = ("{% for m in messages %}{{ loop.index }}:{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"

@@ -76,7 +76,7 @@ def test_bench_gpu_summary_prints_the_ratios(capsys):
     rows = [_row("gpu-real", s, tps, vram) for s, tps, vram in
             [("hf-lora", 1000.0, 4000.0), ("unsloth-lora", 2500.0, 1000.0)]]
     print_summary({"device": {"gpu": "X"}, "versions": {}, "rows": rows, "settings_mismatches": {}})
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("gpu-real") and "LoRA" in l)
+    line = next(text for text in capsys.readouterr().out.splitlines() if text.startswith("gpu-real") and "LoRA" in text)
     assert "2.50x" in line and "75.0 %" in line
 
 
@@ -160,6 +160,7 @@ def test_cpu_rehearsal_runs_the_whole_benchmark_and_feeds_the_report(tmp_path, t
     import os
     import subprocess
     import sys
+
     from harness import OFFLINE_ENV
     from tests.conftest import REPO
     out = tmp_path / "bench" / "rehearsal"

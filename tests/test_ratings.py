@@ -19,8 +19,20 @@ import pytest
 
 from harness import OFFLINE_ENV
 from harness.layout import ratings_db_path
-from harness.ratings import (DIMENSIONS, RatingError, RatingStore, answer_uid, export_csv, export_template,
-                             generation_files, import_csv, krippendorff_alpha, rater_order, summarize, sync_queue)
+from harness.ratings import (
+    DIMENSIONS,
+    RatingError,
+    RatingStore,
+    answer_uid,
+    export_csv,
+    export_template,
+    generation_files,
+    import_csv,
+    krippendorff_alpha,
+    rater_order,
+    summarize,
+    sync_queue,
+)
 from tests.ratings_helpers import TARGETS, make_experiment, write_generations
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 def served(tmp_path):
     """(experiment, {rater: personal link})."""
     from werkzeug.serving import make_server
+
     from server.rating import create_rating_app
     experiment = make_experiment(tmp_path, n=4)
     store = RatingStore.for_experiment(experiment)

@@ -197,7 +197,7 @@ def test_metrics_and_openapi(server):
     assert 'musicprod_requests_total{endpoint="/generate",status="200"}' in text
     assert 'musicprod_requests_total{endpoint="/generate",status="400"}' in text
     assert "musicprod_request_latency_seconds_bucket" in text and "musicprod_queue_depth" in text
-    generated = [float(l.split()[-1]) for l in text.splitlines() if l.startswith("musicprod_generated_tokens_total")]
+    generated = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("musicprod_generated_tokens_total")]
     assert generated and generated[0] >= 3
     spec = requests.get(f"{server.url}/openapi.json", timeout=5).json()
     assert spec["openapi"].startswith("3.")
@@ -222,8 +222,8 @@ def test_load_200_requests_at_c16_no_5xx_flat_rss(server):
     assert not [s for s in statuses if s >= 500] and statuses.count(200) == 200
     assert rss_after - rss_before < 64 * 2**20, f"RSS grew {(rss_after - rss_before) / 2**20:.1f} MiB"
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
-    batched = [l for l in metrics.splitlines() if l.startswith('musicprod_batch_size_bucket{le="1.0"}')]
-    count = [l for l in metrics.splitlines() if l.startswith("musicprod_batch_size_count")]
+    batched = [line for line in metrics.splitlines() if line.startswith('musicprod_batch_size_bucket{le="1.0"}')]
+    count = [line for line in metrics.splitlines() if line.startswith("musicprod_batch_size_count")]
     # dynamic batching happened: fewer single-request batches than batches
     assert float(batched[0].split()[-1]) < float(count[0].split()[-1])
 
@@ -251,6 +251,7 @@ def test_non_local_bind_without_key_is_refused(fake_root, tiny_model_dir):
     import os
     import subprocess
     import sys
+
     from harness import OFFLINE_ENV
     from server.main import check_bind
     env = {k: v for k, v in os.environ.items() if k != "MUSICPROD_API_KEY"} | OFFLINE_ENV
@@ -516,6 +517,7 @@ def test_lone_surrogates_are_400_naming_the_field(local_client, param, path, raw
 def test_real_135m_champion_over_http(tmp_path, model_cache):
     """The real SmolLM2-135M-Instruct behind a LoRA adapter: chat template, eos <|im_end|>, merge measured."""
     from pathlib import Path
+
     from openai import OpenAI
     base = Path(model_cache) / "smollm2-135m-instruct"
     make_experiment(tmp_path, base, name="real", nonzero=False)  # PEFT's default init: B = 0, the base's answers

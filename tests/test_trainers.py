@@ -77,6 +77,7 @@ def test_loss_is_on_the_answer_only(tmp_path, tiny_model_dir, tiny_dataset):
     import torch
     from peft import get_peft_model
     from transformers import AutoTokenizer
+
     from trainers import common, hf
     cfg = load_config(None, [f"runs_dir={tmp_path}", f"data.train_path={tiny_dataset}", "data.validation_fraction=0",
                              "train.batch_size=4", "train.max_steps=1", "train.bf16=false", "train.compile=false"])
@@ -128,6 +129,7 @@ def test_chunked_answer_loss_has_the_same_value_and_gradients(tiny_model_dir, mo
     """The LM head in checkpointed chunks (memory) computes exactly the unchunked loss and gradients."""
     import torch
     from transformers import AutoModelForCausalLM
+
     from trainers import common
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.randint(5, 200, (2, 12))

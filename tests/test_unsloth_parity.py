@@ -35,6 +35,7 @@ def hf_settings(cfg, system_name, model_dir, out_dir) -> dict:
     """effective settings of a real HF model and SFTTrainer (args read after the trainer is built)."""
     from peft import get_peft_model
     from transformers import AutoTokenizer
+
     from trainers import common, hf
     system = get_system(system_name)
     runtime = common.planned_runtime(cfg, cuda=False)
@@ -179,14 +180,14 @@ def musicprod(*args):
 def test_bench_gpu_dry_run_prints_the_plan():
     out = musicprod("bench", "gpu", "--dry-run", "--seq-lens", "512,2048", "--synthetic-steps", "7", "train.max_steps=9")
     assert out.returncode == 0, out.stderr
-    lines = [l.split() for l in out.stdout.splitlines() if l.startswith("  gpu-")]
+    lines = [row.split() for row in out.stdout.splitlines() if row.startswith("  gpu-")]
     assert len(lines) == 12  # 4 systems x (real + 2 sequence lengths)
-    assert {(l[0], l[1]) for l in lines} == {(e, s) for e in ("gpu-real", "gpu-synthetic-s512", "gpu-synthetic-s2048")
+    assert {(row[0], row[1]) for row in lines} == {(e, s) for e in ("gpu-real", "gpu-synthetic-s512", "gpu-synthetic-s2048")
                                              for s in ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")}
-    real = [l for l in lines if l[0] == "gpu-real"]
-    assert all(l[2] == "false" and l[5] == "9" for l in real)
-    assert {(l[3], l[4], l[5]) for l in lines if l[0] == "gpu-synthetic-s2048"} == {("2048", "4", "7")}
-    assert {(l[3], l[4]) for l in lines if l[0] == "gpu-synthetic-s512"} == {("512", "16")}
+    real = [row for row in lines if row[0] == "gpu-real"]
+    assert all(row[2] == "false" and row[5] == "9" for row in real)
+    assert {(row[3], row[4], row[5]) for row in lines if row[0] == "gpu-synthetic-s2048"} == {("2048", "4", "7")}
+    assert {(row[3], row[4]) for row in lines if row[0] == "gpu-synthetic-s512"} == {("512", "16")}
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -210,6 +211,7 @@ def test_mfu_uses_the_known_peak_or_none():
 def test_synthetic_model_is_llama_32_1b_shaped_with_the_tokenizer_vocabulary(model_cache):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
+
     from harness.bench.gpu import synthetic_config
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
     config = synthetic_config(len(tok), tok.eos_token_id, tok.pad_token_id, tok.bos_token_id)
@@ -224,6 +226,7 @@ def test_synthetic_model_is_llama_32_1b_shaped_with_the_tokenizer_vocabulary(mod
 
 def test_synthetic_dataset_is_longer_than_the_sequence_length(tmp_path, model_cache):
     from transformers import AutoTokenizer
+
     from harness.bench.gpu import synthetic_dataset
     from harness.data.load import load_training_set
     path = synthetic_dataset(tmp_path / "s.json", "data/music_production_dataset.json", min_chars=512 * 6, n_items=5)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from harness import set_offline_env
 from harness.config import load_config
-from harness.records import base_record, device_info, write_record
 from harness.io import now_iso
+from harness.records import base_record, device_info, write_record
 from harness.registry import get_system
 from trainers.launch import distributed_skip_reason
 

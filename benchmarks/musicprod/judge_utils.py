@@ -44,16 +44,16 @@ def load_judge_dataset(qa_path: str | None = None, judge: dict | None = None, ex
 @functools.lru_cache(maxsize=2)
 def _judge(encoded: str):
     """One judge (model loaded once) and its metrics per distinct settings in this process."""
-    from harness.judge.rubrics import make_judge, rubric_metrics
     from harness.judge.config import load_judge_settings
+    from harness.judge.rubrics import make_judge, rubric_metrics
     settings = load_judge_settings(values=json.loads(encoded))
     judge = make_judge(settings, settings.cache_dir)
     return judge, rubric_metrics(judge)
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    from harness.rubric import DIMENSIONS
     from harness.judge.rubrics import score_answer
+    from harness.rubric import DIMENSIONS
     judge, metrics = _judge(doc["judge_settings"])
     scores = score_answer(metrics, judge, doc["question"], results[0].strip(), doc["reference"], doc.get("key_facts"))
     return {f"judge_{d}": scores[d] for d in DIMENSIONS} | {"judge_sanity_pass_rate": doc["judge_settings"]}

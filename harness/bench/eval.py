@@ -8,9 +8,10 @@ def bench_eval(args: list[str]) -> int:
     """Full held-out evaluation of one adapter, merged into the weights vs attached; prints the figures."""
     import json
     import shutil
-    from harness.layout import resolve_experiment
+
     from harness.config import experiment_config
     from harness.eval.run import run_eval
+    from harness.layout import resolve_experiment
     positional = [a for a in args if "=" not in a]
     overrides = [a for a in args if "=" in a]
     source = resolve_experiment(positional[0] if positional else "default")

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from harness.bench.figures import PAIRS, flops_per_token, mfu, pair_ratios, peak_bf16_tflops  # noqa: F401 (re-exported)
 from harness.config import load_config, to_dict
-from harness.io import write_json_atomic
-from harness.records import device_info, package_versions, git_sha
-from harness.io import now_iso
+from harness.io import now_iso, write_json_atomic
+from harness.records import device_info, git_sha, package_versions
 
 SYSTEMS = [hf for _, hf, _ in PAIRS] + [unsloth for _, _, unsloth in PAIRS]  # the HF systems first
 REAL_EXPERIMENT = "gpu-real"
@@ -60,6 +59,7 @@ def build_synthetic_model(out_dir: Path, tokenizer_dir: str, seed: int = 0, **sh
     """A Llama-3.2-1B-shaped model with random (seeded) weights and SmolLM2's tokenizer, saved as an HF folder."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
+
     from harness.io import atomic_dir
     marker = out_dir / "musicprod_model.json"
     if marker.exists():
@@ -163,8 +163,8 @@ def synthetic_model_dir(args) -> Path:
 
 
 def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
-    from harness.pipeline import check_and_prepare, train_system
     from harness.models import ResolvedModel
+    from harness.pipeline import check_and_prepare, train_system
     real_model = check_and_prepare(cfg)
     out = Path(args.out)
     gpu = device_info().get("gpu")

@@ -19,11 +19,11 @@ def bench_recipe(args: list[str]) -> int:
     import json
     import shlex
     import time
-    from harness.config import ExperimentConfig
+
+    from harness.config import ExperimentConfig, split_config_args
     from harness.eval.run import run_eval
     from harness.layout import trainer_dir
     from harness.pipeline import check_and_prepare, train_system
-    from harness.config import split_config_args
     checkpoints = 4
     if "--checkpoints" in args:
         i = args.index("--checkpoints")
@@ -79,6 +79,7 @@ def bench_recipe(args: list[str]) -> int:
 def planned_steps(cfg) -> tuple[int, int]:
     """(optimizer steps the config will run, steps per epoch): the trainer's own arithmetic."""
     import math
+
     from harness.data.load import experiment_rows
     train, _ = experiment_rows(cfg.data, cfg.train.seed)
     per_epoch = max(1, math.ceil(len(train) / (cfg.train.batch_size * cfg.distributed.num_processes)) // cfg.train.grad_accum)

@@ -12,8 +12,14 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from harness.data.load import (DatasetError, check_record, check_unique_ids, load_augmented_set, load_training_set,
-                          read_json_list)
+from harness.data.load import (
+    DatasetError,
+    check_record,
+    check_unique_ids,
+    load_augmented_set,
+    load_training_set,
+    read_json_list,
+)
 from harness.eval.metrics import key_fact_recall
 
 TOPICS = ("ableton", "mixing", "mastering", "sound_design", "recording", "music_theory", "genre_workflows")
@@ -122,7 +128,7 @@ def mc_length_shares(mc: list[dict]) -> dict[str, float]:
     """Share of items whose correct option is strictly the longest / strictly the shortest (in characters)."""
     def strictly(item, better) -> bool:
         lens = [len(c) for c in item["choices"]]
-        return all(better(lens[item["answer"]], l) for i, l in enumerate(lens) if i != item["answer"])
+        return all(better(lens[item["answer"]], length) for i, length in enumerate(lens) if i != item["answer"])
     n = len(mc) or 1
     return {"longest": sum(strictly(r, int.__gt__) for r in mc) / n,
             "shortest": sum(strictly(r, int.__lt__) for r in mc) / n}
@@ -226,9 +232,9 @@ def stats_table(train, qa, mc) -> str:
     table = Table(title="musicprod data: items by topic and language")
     for col in ("topic", "train en", "train de", "qa en", "qa de", "mc en", "mc de"):
         table.add_column(col, justify="right" if col != "topic" else "left")
-    count = lambda rows, t, l: sum(r["topic"] == t and r["lang"] == l for r in rows)
+    count = lambda rows, t, lang: sum(r["topic"] == t and r["lang"] == lang for r in rows)
     for t in TOPICS:
-        table.add_row(t, *(str(count(rows, t, l)) for rows in (train, qa, mc) for l in ("en", "de")))
+        table.add_row(t, *(str(count(rows, t, lang)) for rows in (train, qa, mc) for lang in ("en", "de")))
     de = lambda rows: f"{sum(r['lang'] == 'de' for r in rows) / max(1, len(rows)):.0%} de"
     table.add_row("total", f"{len(train)}", de(train), f"{len(qa)}", de(qa), f"{len(mc)}", de(mc))
     diff = Counter(r.get("difficulty") for r in train)

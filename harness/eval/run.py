@@ -17,17 +17,28 @@ from pathlib import Path
 
 from harness import set_offline_env
 from harness.config import EvalSettings, experiment_config
-from harness.eval.coverage import COVERAGE_SLICES, fact_coverage, recall_over
-from harness.data.load import experiment_rows
 from harness.data.check import load_mc, load_qa
+from harness.data.load import experiment_rows
+from harness.eval.coverage import COVERAGE_SLICES, fact_coverage, recall_over
+from harness.eval.metrics import QA_METRICS, qa_scores
+from harness.eval.stats import mean_ci, paired_delta
 from harness.io import atomic_dir, cache_dir, now_iso, read_jsonl, sha256_file, write_json_atomic
 from harness.io import write_jsonl as io_write_jsonl
-from harness.layout import (BASE_TARGET, GENERATIONS_FILE, LOOKUP_TARGET, MC_ITEMS_FILE, RESULTS_FILE, run_record_paths,
-                            checkpoint_dir, eval_summary_path, is_system_target, split_target, target_dir)
-from harness.eval.metrics import QA_METRICS, qa_scores
+from harness.layout import (
+    BASE_TARGET,
+    GENERATIONS_FILE,
+    LOOKUP_TARGET,
+    MC_ITEMS_FILE,
+    RESULTS_FILE,
+    checkpoint_dir,
+    eval_summary_path,
+    is_system_target,
+    run_record_paths,
+    split_target,
+    target_dir,
+)
 from harness.models import load_for_inference, prepare
 from harness.registry import get_base_model
-from harness.eval.stats import mean_ci, paired_delta
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
@@ -68,6 +79,7 @@ def hflm_class():
     (sampling, a stop string that is not one token) goes to HFLM's own `generate` path."""
     import torch
     from lm_eval.models.huggingface import HFLM
+
     from harness.eval.generation import greedy_generate
 
     class DroppingHFLM(HFLM):

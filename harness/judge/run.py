@@ -17,14 +17,29 @@ import math
 import time
 from pathlib import Path
 
+from harness.eval.stats import mean_ci, spearman
 from harness.io import atomic_dir, now_iso, write_json_atomic, write_jsonl
 from harness.judge.config import JudgeSettings, judge_name
-from harness.judge.inputs import BENCHMARK_QA, JudgeError, common_items, experiment_generations, load_sanity_questions, sanity_cases
-from harness.judge.reliability import (BAR_TEXT, combine_orders, human_spearman, is_reliable, mean_score,
-                                       pairwise_summary, sanity_pass_rate, self_consistency)
+from harness.judge.inputs import (
+    BENCHMARK_QA,
+    JudgeError,
+    common_items,
+    experiment_generations,
+    load_sanity_questions,
+    sanity_cases,
+)
+from harness.judge.reliability import (
+    BAR_TEXT,
+    combine_orders,
+    human_spearman,
+    is_reliable,
+    mean_score,
+    pairwise_summary,
+    sanity_pass_rate,
+    self_consistency,
+)
 from harness.judge.rubrics import default_cache_dir, make_judge, pairwise_verdict, rubric_metrics, score_answer
 from harness.layout import BASE_TARGET, JUDGE_SANITY_FILE, JUDGE_SCORES_FILE, SUMMARY_FILE, eval_dir, judge_dir
-from harness.eval.stats import mean_ci, spearman
 from harness.rubric import DIMENSIONS
 
 
