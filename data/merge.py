@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness import set_offline_env  # noqa: E402
-from harness.data.load import load_training_set  # noqa: E402
 from harness.data.check import as_items, contaminating_ids, load_benchmark  # noqa: E402
+from harness.data.load import load_training_set  # noqa: E402
 from harness.io import read_jsonl, write_json_atomic  # noqa: E402
 
 SEED = REPO / "data" / "music_production_dataset.json"
@@ -55,8 +55,8 @@ def merge(shards: list[str]) -> list[dict]:
 def merge_dev(qa_path: str, mc_path: str) -> None:
     """Dev items that overlap the held-out (a choice made on dev would see it) or the training text (seed and
     augmentations: dev would flatter a recipe that memorised one phrasing) are dropped, by the data check's test."""
-    from harness.data.load import load_augmented_set
     from harness.data.check import heldout_text, load_mc, load_qa
+    from harness.data.load import load_augmented_set
     qa, mc = load_qa(Path(qa_path)), load_mc(Path(mc_path))
     held_qa, held_mc = load_benchmark(HELDOUT)
     held_as_train = [{"id": r["id"], "instruction": r["question"], "response": heldout_text(r)}
