@@ -1,4 +1,5 @@
 """`pytest benchmarks`: quality gates over the latest evaluated experiment (see test_quality_gates.py)."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,11 @@ SMALL_EVAL_LIMIT = 40  # items per task when an experiment has adapters but no e
 
 def _experiments() -> list[Path]:
     runs = REPO / "runs"
-    return sorted((p for p in runs.glob("*") if any(p.glob("*/run.json"))), key=lambda p: p.stat().st_mtime) \
-        if runs.is_dir() else []
+    return (
+        sorted((p for p in runs.glob("*") if any(p.glob("*/run.json"))), key=lambda p: p.stat().st_mtime)
+        if runs.is_dir()
+        else []
+    )
 
 
 def _chosen_experiment() -> Path | None:
@@ -37,10 +41,15 @@ def gate_data(tmp_path_factory) -> dict:
     """{experiment, summary, champion, note}: the latest evaluated experiment, or a small fresh evaluation."""
     from harness.config import experiment_config
     from harness.eval.run import run_eval
+
     experiment = _chosen_experiment()
     if experiment is None:
-        return {"experiment": None, "summary": None, "champion": None,
-                "note": "no experiment under runs/ (run `musicprod run` first)"}
+        return {
+            "experiment": None,
+            "summary": None,
+            "champion": None,
+            "note": "no experiment under runs/ (run `musicprod run` first)",
+        }
     summary_path = eval_summary_path(experiment)
     note = f"experiment {experiment.name}"
     if summary_path.exists():

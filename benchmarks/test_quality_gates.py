@@ -4,6 +4,7 @@ Each gate reads the paired tests of the latest experiment's eval/summary.json (t
 same items). A gate that cannot be computed is skipped with its reason, never passed silently; a comparison
 that should exist (both targets evaluated) and does not is a failure.
 """
+
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,10 @@ def test_champion_beats_base(gate_data, task, metric):
     system = _champion_system(gate_data)
     p = _required_pair(gate_data["summary"], system, BASE_TARGET, task, metric, gate_data["note"])
     print(f"{gate_data['note']}: {task}.{metric} {_fmt(p)}")
-    assert verdict(p) == 1, (f"{system} does not beat the base model on {task}.{metric} (needs 95 % CI above 0 and "
-                             f"sign-flip p < 0.05): {_fmt(p)} ({gate_data['note']})")
+    assert verdict(p) == 1, (
+        f"{system} does not beat the base model on {task}.{metric} (needs 95 % CI above 0 and "
+        f"sign-flip p < 0.05): {_fmt(p)} ({gate_data['note']})"
+    )
 
 
 @pytest.mark.parametrize("qlora,lora", QLORA_PAIRS, ids=[q for q, _ in QLORA_PAIRS])
@@ -80,15 +83,20 @@ def test_qlora_not_worse_than_lora(gate_data, qlora, lora, task, metric):
         pytest.skip(f"{gate_data['note']}: {reasons}")
     gain = _paired(summary, lora, BASE_TARGET, task, metric)
     if gain is None or gain.get("ci_low") is None or verdict(gain) != 1:
-        pytest.skip(f"{gate_data['note']}: {lora} does not beat the base model on {task}.{metric}, so there is no "
-                    f"gain for {qlora} to keep" + (f" ({_fmt(gain)})" if gain and gain.get("ci_low") is not None else ""))
+        pytest.skip(
+            f"{gate_data['note']}: {lora} does not beat the base model on {task}.{metric}, so there is no "
+            f"gain for {qlora} to keep" + (f" ({_fmt(gain)})" if gain and gain.get("ci_low") is not None else "")
+        )
     p = _required_pair(summary, qlora, lora, task, metric, gate_data["note"])
     margin = min(QLORA_MARGIN[metric], QLORA_RELATIVE_MARGIN * gain["delta"])
-    print(f"{gate_data['note']}: {task}.{metric} {_fmt(p)}; {lora} gain over base {gain['delta']:+.3f}, "
-          f"allowed shortfall {margin:.3f}")
+    print(
+        f"{gate_data['note']}: {task}.{metric} {_fmt(p)}; {lora} gain over base {gain['delta']:+.3f}, "
+        f"allowed shortfall {margin:.3f}"
+    )
     assert p["ci_low"] > -margin, (
         f"{qlora} may be worse than {lora} by more than {margin:.3f} on {task}.{metric} (min of {QLORA_MARGIN[metric]} "
-        f"and half of {lora}'s gain {gain['delta']:+.3f}): {_fmt(p)}")
+        f"and half of {lora}'s gain {gain['delta']:+.3f}): {_fmt(p)}"
+    )
 
 
 def test_heldout_not_contaminated_by_training(gate_data):
@@ -96,11 +104,14 @@ def test_heldout_not_contaminated_by_training(gate_data):
     question files its evaluation read (MC options included)."""
     from harness.data.check import as_items, contamination, load_mc, load_qa
     from harness.eval.run import training_rows
+
     if gate_data["experiment"] is None:
         pytest.skip(gate_data["note"])
     summary = gate_data["summary"] or {}
-    files = summary.get("question_files") or [str(REPO / "benchmarks/musicprod/data/qa.json"),
-                                              str(REPO / "benchmarks/musicprod/data/mc.json")]
+    files = summary.get("question_files") or [
+        str(REPO / "benchmarks/musicprod/data/qa.json"),
+        str(REPO / "benchmarks/musicprod/data/mc.json"),
+    ]
     qa, mc = load_qa(Path(files[0])), load_mc(Path(files[1]))
     leaks = contamination(training_rows(gate_data["experiment"]), as_items(qa, mc), semantic=True)
     assert not leaks, "held-out items overlap the training set:\n" + "\n".join(leaks[:20])

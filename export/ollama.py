@@ -7,6 +7,7 @@ those pieces become a Go template. That only works for templates that render eac
 Gemma's turns, Llama 3 headers): a whole conversation rendered by the pieces must equal the Jinja rendering,
 else the export stops and says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,12 @@ from harness.io import atomic_dir
 
 MARK = "\x1eMUSICPROD_CONTENT\x1e"
 ROLES = ("system", "user", "assistant")
-CHECK_CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a limiter?"},
-                      {"role": "assistant", "content": "A compressor with a very high ratio."},
-                      {"role": "user", "content": "Und auf Deutsch?"}]
+CHECK_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is a limiter?"},
+    {"role": "assistant", "content": "A compressor with a very high ratio."},
+    {"role": "user", "content": "Und auf Deutsch?"},
+]
 
 
 @dataclass
@@ -46,8 +50,7 @@ class TemplatePieces:
         for i, (role, (before, after)) in enumerate(self.roles.items()):
             keyword = "if" if i == 0 else "else if"
             branches.append(f'{{{{ {keyword} eq .Role "{role}" }}}}{before}{{{{ .Content }}}}{after}')
-        return (self.lead + "{{- range .Messages }}" + "".join(branches) + "{{ end }}{{ end }}"
-                + self.generation_prompt)
+        return self.lead + "{{- range .Messages }}" + "".join(branches) + "{{ end }}{{ end }}" + self.generation_prompt
 
 
 def template_pieces(tokenizer) -> TemplatePieces:
@@ -66,21 +69,24 @@ def template_pieces(tokenizer) -> TemplatePieces:
             continue
         if text.count(MARK) != 1 or not text.startswith(lead):
             continue
-        before, after = text[len(lead):].split(MARK)
+        before, after = text[len(lead) :].split(MARK)
         roles[role] = (before, after)
     if "user" not in roles or "assistant" not in roles:
-        raise ExportError("chat template: cannot render a single user or assistant message; write the Modelfile "
-                          "TEMPLATE by hand")
+        raise ExportError(
+            "chat template: cannot render a single user or assistant message; write the Modelfile TEMPLATE by hand"
+        )
     probe = [{"role": "user", "content": "hi"}]
     plain, with_prompt = render(probe), render(probe, gen=True)
     if not with_prompt.startswith(plain):
         raise ExportError("chat template: add_generation_prompt does not append to the conversation")
-    pieces = TemplatePieces(lead, roles, with_prompt[len(plain):])
+    pieces = TemplatePieces(lead, roles, with_prompt[len(plain) :])
     conversation = [m for m in CHECK_CONVERSATION if m["role"] in roles]
     expected = render(conversation, gen=True)
     if pieces.render(conversation) != expected:
-        raise ExportError("chat template does not render messages independently (a Go template built from its "
-                          f"pieces gives {pieces.render(conversation)!r}, Jinja {expected!r}); write TEMPLATE by hand")
+        raise ExportError(
+            "chat template does not render messages independently (a Go template built from its "
+            f"pieces gives {pieces.render(conversation)!r}, Jinja {expected!r}); write TEMPLATE by hand"
+        )
     if '"""' in pieces.go_template():
         raise ExportError('chat template contains """, which a Modelfile cannot quote')
     return pieces
@@ -93,29 +99,46 @@ def _quote(s: str) -> str:
 def modelfile(src: ExportSource, gguf_file: str, pieces: TemplatePieces, stops: list[str], context_length: int) -> str:
     d = src.decoding or {}
     sampled = bool(d.get("do_sample"))
-    lines = [f"# {src.name}: exported by `musicprod export` (experiment {src.experiment}, system {src.system}).",
-             "# Model card: ../merged/README.md. Create and run:  ollama create NAME -f Modelfile && ollama run NAME",
-             f"FROM ./{gguf_file}", "",
-             "# The model's chat template (rendered from its own Jinja template, checked message by message).",
-             f'TEMPLATE """{pieces.go_template()}"""', ""]
+    lines = [
+        f"# {src.name}: exported by `musicprod export` (experiment {src.experiment}, system {src.system}).",
+        "# Model card: ../merged/README.md. Create and run:  ollama create NAME -f Modelfile && ollama run NAME",
+        f"FROM ./{gguf_file}",
+        "",
+        "# The model's chat template (rendered from its own Jinja template, checked message by message).",
+        f'TEMPLATE """{pieces.go_template()}"""',
+        "",
+    ]
     lines += [f"PARAMETER stop {_quote(s)}" for s in stops]
-    lines += ["", "# Decoding the held-out results were measured with (champion.json 'decoding')."
-              if d else "# No recorded decoding: greedy, as the evaluation's default."]
+    lines += [
+        "",
+        "# Decoding the held-out results were measured with (champion.json 'decoding')."
+        if d
+        else "# No recorded decoding: greedy, as the evaluation's default.",
+    ]
     lines.append(f"PARAMETER temperature {float(d.get('temperature', 0.0)) if sampled else 0.0}")
     if sampled:
         lines.append(f"PARAMETER top_p {float(d.get('top_p', 1.0))}")
     if float(d.get("repetition_penalty", 1.0)) != 1.0:
-        lines += ["# musicprod penalises tokens of the answer so far; llama.cpp's repeat_penalty also counts the "
-                  "last repeat_last_n prompt tokens",
-                  f"PARAMETER repeat_penalty {float(d['repetition_penalty'])}"]
+        lines += [
+            "# musicprod penalises tokens of the answer so far; llama.cpp's repeat_penalty also counts the "
+            "last repeat_last_n prompt tokens",
+            f"PARAMETER repeat_penalty {float(d['repetition_penalty'])}",
+        ]
     if d.get("no_repeat_ngram_size"):
-        lines.append(f"# no_repeat_ngram_size {d['no_repeat_ngram_size']} was used in evaluation; Ollama has no "
-                     "equivalent setting")
+        lines.append(
+            f"# no_repeat_ngram_size {d['no_repeat_ngram_size']} was used in evaluation; Ollama has no "
+            "equivalent setting"
+        )
     lines.append(f"PARAMETER num_predict {int(d.get('max_new_tokens') or 256)}")
     lines.append(f"PARAMETER num_ctx {context_length}")
     licence = BASE_LICENCES.get(src.base_model, (None, f"that of the base model {src.base_model}"))[1]
-    lines += ["", f'LICENSE """Weights: {licence}.' + (" Fine-tuned on musicprod data, CC BY 4.0."
-                                                       if src.adapter_path else "") + '"""', ""]
+    lines += [
+        "",
+        f'LICENSE """Weights: {licence}.'
+        + (" Fine-tuned on musicprod data, CC BY 4.0." if src.adapter_path else "")
+        + '"""',
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -134,9 +157,11 @@ def stop_strings(tokenizer, merged_dir: Path) -> list[str]:
     return stops
 
 
-def write_ollama(src: ExportSource, merged_dir: Path, gguf_file: Path, out: Path, context_length: int,
-                 log=print) -> dict:
+def write_ollama(
+    src: ExportSource, merged_dir: Path, gguf_file: Path, out: Path, context_length: int, log=print
+) -> dict:
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     pieces = template_pieces(tokenizer)
     stops = stop_strings(tokenizer, merged_dir)

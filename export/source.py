@@ -3,6 +3,7 @@
 Reads only what earlier stages wrote (runs/<experiment>/champion.json, <system>/run.json, eval/summary.json);
 every missing piece is an ExportError that names the file or the input that was asked for.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,6 +66,7 @@ def _base_path(base: dict, origin: Path) -> tuple[str, str, str | None]:
     source file must be the one the run records name: another file would be another model)."""
     from harness.models import prepare
     from harness.registry import get_base_model
+
     name, path, recorded_sha = base.get("name"), base.get("path"), base.get("source_sha256")
     if path and Path(path).expanduser().is_dir():
         return name or path, str(Path(path).expanduser()), recorded_sha
@@ -72,11 +74,15 @@ def _base_path(base: dict, origin: Path) -> tuple[str, str, str | None]:
     if registry_name and get_base_model(registry_name):
         local = prepare(registry_name)
         if recorded_sha and local.source_sha256 != recorded_sha:
-            raise ExportError(f"{origin}: base model {registry_name!r} prepared here has source sha256 "
-                              f"{local.source_sha256}, the records say {recorded_sha}: not the model it was trained on")
+            raise ExportError(
+                f"{origin}: base model {registry_name!r} prepared here has source sha256 "
+                f"{local.source_sha256}, the records say {recorded_sha}: not the model it was trained on"
+            )
         return registry_name, local.path, local.source_sha256
-    raise ExportError(f"{origin}: base model folder {path!r} is missing and {name!r} is not a registry model "
-                      "(run `musicprod model prepare` for it)")
+    raise ExportError(
+        f"{origin}: base model folder {path!r} is missing and {name!r} is not a registry model "
+        "(run `musicprod model prepare` for it)"
+    )
 
 
 def known_systems(experiment_dir: Path) -> list[str]:
@@ -92,8 +98,10 @@ def resolve_source(experiment_dir: str | Path, system: str | None = None) -> Exp
     champion = _read_json(champ_file, "champion.json") if champ_file.is_file() else None
     if system is None:
         if champion is None:
-            raise ExportError(f"{champ_file}: no champion.json (run `musicprod report {experiment_dir.name}` first, "
-                              f"or pick a system with --system: {', '.join(known_systems(experiment_dir)) or 'none trained'})")
+            raise ExportError(
+                f"{champ_file}: no champion.json (run `musicprod report {experiment_dir.name}` first, "
+                f"or pick a system with --system: {', '.join(known_systems(experiment_dir)) or 'none trained'})"
+            )
         system = champion.get("system")
         if not isinstance(system, str) or not system:
             raise ExportError(f"{champ_file}: field 'system' missing or not a non-empty string")
@@ -111,29 +119,50 @@ def resolve_source(experiment_dir: str | Path, system: str | None = None) -> Exp
         if base is None:
             raise ExportError(f"{experiment_dir}: no run record or champion.json names the base model")
         name, path, sha = _base_path(base, champ_file if champion else experiment_dir)
-        return ExportSource(experiment, experiment_dir, system, name, path, sha, None, is_champion, champion,
-                            None, summary, decoding)
+        return ExportSource(
+            experiment, experiment_dir, system, name, path, sha, None, is_champion, champion, None, summary, decoding
+        )
 
     rec_file = record_path(experiment_dir, system)
     if not rec_file.is_file():
-        raise ExportError(f"system {system!r}: no run record at {rec_file} (trained systems of "
-                          f"{experiment_dir.name}: {', '.join(known_systems(experiment_dir)) or 'none'}; or 'base')")
+        raise ExportError(
+            f"system {system!r}: no run record at {rec_file} (trained systems of "
+            f"{experiment_dir.name}: {', '.join(known_systems(experiment_dir)) or 'none'}; or 'base')"
+        )
     record = _read_json(rec_file, "run record")
     if record.get("status") != "ok":
-        raise ExportError(f"{rec_file}: system {system!r} did not train (status {record.get('status')!r}"
-                          + (f": {record.get('reason')}" if record.get("reason") else "") + "); nothing to export")
+        raise ExportError(
+            f"{rec_file}: system {system!r} did not train (status {record.get('status')!r}"
+            + (f": {record.get('reason')}" if record.get("reason") else "")
+            + "); nothing to export"
+        )
     recorded = [(champion or {}).get("adapter_path")] if is_champion else []
     recorded.append(record.get("adapter_path"))
     candidates = [c for r in recorded for c in _candidates(r, experiment_dir)]
     if not candidates:
         raise ExportError(f"{rec_file}: field 'adapter_path' is empty")
-    adapter = next((c for c in candidates if (c / "adapter_config.json").is_file() or (c / "config.json").is_file()),
-                   None)
+    adapter = next(
+        (c for c in candidates if (c / "adapter_config.json").is_file() or (c / "config.json").is_file()), None
+    )
     if adapter is None:
-        raise ExportError(f"{rec_file}: adapter {str(candidates[0])!r} is missing or holds neither "
-                          "adapter_config.json nor config.json")
+        raise ExportError(
+            f"{rec_file}: adapter {str(candidates[0])!r} is missing or holds neither "
+            "adapter_config.json nor config.json"
+        )
     if not isinstance(record.get("base_model"), dict):
         raise ExportError(f"{rec_file}: field 'base_model' missing")
     name, path, sha = _base_path(record["base_model"], rec_file)
-    return ExportSource(experiment, experiment_dir, system, name, path, sha, str(adapter), is_champion, champion,
-                        record, summary, decoding)
+    return ExportSource(
+        experiment,
+        experiment_dir,
+        system,
+        name,
+        path,
+        sha,
+        str(adapter),
+        is_champion,
+        champion,
+        record,
+        summary,
+        decoding,
+    )

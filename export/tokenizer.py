@@ -9,18 +9,21 @@ model ships with; the converter then recognises the pre-tokenizer (SmolLM2: `gpt
 
 The rewrite is kept only if the tokenizer encodes and decodes a set of probe strings exactly as before.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-PROBES = ["Hello world! How do I set a compressor's attack time?",
-          "Wie stelle ich einen Limiter ein? Äöü ß € – „Anführungszeichen“",
-          "  two leading spaces\n\n\ttab, newline   and trailing spaces  ",
-          "-14 LUFS, 1.5 dB, 120 BPM, 44.1 kHz; a 4:1 ratio at -18 dBFS",
-          "emoji 🎛️🎚️ and CJK 音楽制作 and ÿ\u00a0nbsp",
-          "<|im_start|>user\nWhat is sidechain compression?<|im_end|>\n<|im_start|>assistant\n",
-          "code: def f(x):\n    return x ** 2  # comment"]
+PROBES = [
+    "Hello world! How do I set a compressor's attack time?",
+    "Wie stelle ich einen Limiter ein? Äöü ß € – „Anführungszeichen“",
+    "  two leading spaces\n\n\ttab, newline   and trailing spaces  ",
+    "-14 LUFS, 1.5 dB, 120 BPM, 44.1 kHz; a 4:1 ratio at -18 dBFS",
+    "emoji 🎛️🎚️ and CJK 音楽制作 and ÿ\u00a0nbsp",
+    "<|im_start|>user\nWhat is sidechain compression?<|im_end|>\n<|im_start|>assistant\n",
+    "code: def f(x):\n    return x ** 2  # comment",
+]
 
 _BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
 
@@ -28,12 +31,17 @@ _BYTE_LEVEL_DECODER = {"type": "ByteLevel", "add_prefix_space": True, "trim_offs
 def _is_byte_level_with_fallback(tok: dict) -> bool:
     model, pre = tok.get("model") or {}, tok.get("pre_tokenizer") or {}
     pre_types = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers", []) if isinstance(p, dict)}
-    return (model.get("type") == "BPE" and model.get("byte_fallback") is True and "ByteLevel" in pre_types
-            and (tok.get("decoder") or {}).get("type") == "Sequence")
+    return (
+        model.get("type") == "BPE"
+        and model.get("byte_fallback") is True
+        and "ByteLevel" in pre_types
+        and (tok.get("decoder") or {}).get("type") == "Sequence"
+    )
 
 
 def _roundtrip(folder: Path) -> list[tuple[list[int], str]]:
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(folder)
     out = []
     for text in PROBES:

@@ -2,6 +2,7 @@
 
 One YAML file under configs/ is one experiment. Unknown keys are errors, in files and overrides alike.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,21 +27,40 @@ def _field(default, help: str, **kw):
 
 @dataclass
 class ModelConfig:
-    name: str = _field("smollm2-135m-instruct", "Base model: a registry name (see `musicprod model list`), an HF model id or a local HF folder.")
+    name: str = _field(
+        "smollm2-135m-instruct",
+        "Base model: a registry name (see `musicprod model list`), an HF model id or a local HF folder.",
+    )
     cache_dir: str = _field("~/.cache/musicprod/models", "Where prepared (GGUF-converted) base models live.")
 
 
 @dataclass
 class DataConfig:
-    train_path: str = _field("data/music_production_dataset.json", "Training set: JSON list of {id, lang, topic, instruction, response, ...}.")
-    validation_fraction: float = _field(0.05, "Share of the training set held back (stratified by topic) for validation loss.")
-    augmented_path: str = _field("", "Paraphrase augmentations of the training set (JSON list, each naming its seed item in "
-                                 "augmented_from; '' = none). Those of validation items are left out.")
-    train_on_seed: bool = _field(True, "Train on the seed items themselves (false: only on their augmentations, about "
-                                 "half the tokens per epoch; the validation split is the seed's either way).")
-    max_train_items: int = _field(0, "Use only the first N training items after the split (0 = all; their augmentations "
-                                  "follow them). For quick runs.")
-    system_prompt: str = _field("", "System message put before every instruction ('' = none; no template default is injected).")
+    train_path: str = _field(
+        "data/music_production_dataset.json",
+        "Training set: JSON list of {id, lang, topic, instruction, response, ...}.",
+    )
+    validation_fraction: float = _field(
+        0.05, "Share of the training set held back (stratified by topic) for validation loss."
+    )
+    augmented_path: str = _field(
+        "",
+        "Paraphrase augmentations of the training set (JSON list, each naming its seed item in "
+        "augmented_from; '' = none). Those of validation items are left out.",
+    )
+    train_on_seed: bool = _field(
+        True,
+        "Train on the seed items themselves (false: only on their augmentations, about "
+        "half the tokens per epoch; the validation split is the seed's either way).",
+    )
+    max_train_items: int = _field(
+        0,
+        "Use only the first N training items after the split (0 = all; their augmentations "
+        "follow them). For quick runs.",
+    )
+    system_prompt: str = _field(
+        "", "System message put before every instruction ('' = none; no template default is injected)."
+    )
 
 
 @dataclass
@@ -48,8 +68,10 @@ class LoraSettings:
     r: int = _field(16, "LoRA rank.")
     alpha: int = _field(32, "LoRA alpha (scaling = alpha / r).")
     dropout: float = _field(0.0, "LoRA dropout. 0 lets Unsloth use its fast path; HF gets the same value.")
-    target_modules: list[str] = _field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                                       "Linear layers that get LoRA adapters.")
+    target_modules: list[str] = _field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Linear layers that get LoRA adapters.",
+    )
 
 
 @dataclass
@@ -64,8 +86,11 @@ class TrainSettings:
     epochs: float = _field(1.0, "Passes over the training split.")
     max_steps: int = _field(-1, "Stop after this many optimizer steps (-1 = run all epochs).")
     learning_rate: float = _field(2e-4, "Peak learning rate (adapter systems).")
-    full_learning_rate: float = _field(5e-5, "Peak learning rate of full fine-tuning systems (hf-full): full "
-                                       "fine-tuning wants about a tenth of a LoRA rate.")
+    full_learning_rate: float = _field(
+        5e-5,
+        "Peak learning rate of full fine-tuning systems (hf-full): full "
+        "fine-tuning wants about a tenth of a LoRA rate.",
+    )
     lr_scheduler: str = _field("cosine", "LR schedule: linear, cosine or constant.")
     warmup_ratio: float = _field(0.05, "Share of steps spent warming the LR up.")
     batch_size: int = _field(8, "Sequences per device per micro-batch.")
@@ -77,20 +102,35 @@ class TrainSettings:
     gradient_checkpointing: bool = _field(False, "Trade compute for memory; off by default (135M fits easily).")
     num_threads: int = _field(0, "torch CPU threads (0 = one per physical core).")
     group_by_length: bool = _field(True, "Batch similar lengths together to cut padding.")
-    adapter_dtype: str = _field("auto", "Dtype of the LoRA weights: float32 (PEFT's default), bfloat16, or auto = bfloat16 "
-                                "on CPU when train.bf16 (no fp32<->bf16 copies of activations around every adapter: "
-                                "+30 % tokens/s on 2 cores), float32 on CUDA (what the Unsloth comparison uses).")
-    compile: str = _field("auto", "torch.compile each transformer layer (inductor): true, false, or auto = on CPU only "
-                          "(fused elementwise kernels: +45-75 % tokens/s on 2 cores after a ~30 s compile; on CUDA the "
-                          "HF systems stay stock for the Unsloth comparison).")
-    allocator: str = _field("auto", "malloc of the training processes: auto (tcmalloc where installed, else glibc kept "
-                            "from unmapping freed activations), tcmalloc, or glibc (the plain default).")
-    save_steps: int = _field(0, "Save a resumable checkpoint every N optimizer steps (0 = none) under "
-                             "<system>/trainer/checkpoint-N; `musicprod eval --only SYSTEM@N` evaluates one.")
+    adapter_dtype: str = _field(
+        "auto",
+        "Dtype of the LoRA weights: float32 (PEFT's default), bfloat16, or auto = bfloat16 "
+        "on CPU when train.bf16 (no fp32<->bf16 copies of activations around every adapter: "
+        "+30 % tokens/s on 2 cores), float32 on CUDA (what the Unsloth comparison uses).",
+    )
+    compile: str = _field(
+        "auto",
+        "torch.compile each transformer layer (inductor): true, false, or auto = on CPU only "
+        "(fused elementwise kernels: +45-75 % tokens/s on 2 cores after a ~30 s compile; on CUDA the "
+        "HF systems stay stock for the Unsloth comparison).",
+    )
+    allocator: str = _field(
+        "auto",
+        "malloc of the training processes: auto (tcmalloc where installed, else glibc kept "
+        "from unmapping freed activations), tcmalloc, or glibc (the plain default).",
+    )
+    save_steps: int = _field(
+        0,
+        "Save a resumable checkpoint every N optimizer steps (0 = none) under "
+        "<system>/trainer/checkpoint-N; `musicprod eval --only SYSTEM@N` evaluates one.",
+    )
     save_total_limit: int = _field(0, "Keep at most this many checkpoints (0 = all).")
     resume: bool = _field(False, "Continue from the newest checkpoint of this system (`musicprod train ... --resume`).")
-    report_to: str = _field("none", "Experiment tracker the Trainer logs to: none, tensorboard or trackio (both offline; "
-                            "logs under <system>/trainer/). Needs the tracker's package installed.")
+    report_to: str = _field(
+        "none",
+        "Experiment tracker the Trainer logs to: none, tensorboard or trackio (both offline; "
+        "logs under <system>/trainer/). Needs the tracker's package installed.",
+    )
 
 
 @dataclass
@@ -98,58 +138,103 @@ class DecodingSettings:
     do_sample: bool = _field(False, "Sample (true) or decode greedily (false).")
     temperature: float = _field(0.0, "Sampling temperature (with do_sample).")
     top_p: float = _field(1.0, "Nucleus sampling mass (with do_sample).")
-    repetition_penalty: float = _field(1.0, "Divide (positive) logits of tokens already in the answer by this "
-                                       "(CTRL-style; 1.0 = off). Applies to the generated answer, not the prompt.")
+    repetition_penalty: float = _field(
+        1.0,
+        "Divide (positive) logits of tokens already in the answer by this "
+        "(CTRL-style; 1.0 = off). Applies to the generated answer, not the prompt.",
+    )
     no_repeat_ngram_size: int = _field(0, "Never repeat an n-gram of this size within the answer (0 = off).")
     max_new_tokens: int = _field(256, "Longest generated answer in tokens.")
 
 
 @dataclass
 class EvalSettings:
-    batch_size: int = _field(64, "Held-out items generated (left-padded) or scored together (64: 8 % faster "
-                                 "than 32 on 2 CPU cores; bf16 outputs depend slightly on the batch).")
-    decoding: DecodingSettings = field(default_factory=DecodingSettings,
-                                       metadata={"help": "How answers are generated; recorded in the eval summary and "
-                                                         "champion.json, and the server's default."})
-    split: str = _field("heldout", "Which question set: heldout (benchmarks/musicprod/data, the once-at-the-end "
-                        "figures) or dev (benchmarks/musicprod/data/dev, where recipes and checkpoints are chosen).")
-    cache_base: bool = _field(True, "Reuse the base model's evaluation across experiments (keyed by base weights, "
-                              "question files and these settings; under <model cache>/eval-cache/).")
-    lookup: bool = _field(True, "Also evaluate the lookup reference: the training answer whose instruction is "
-                          "nearest to the question (MiniLM), i.e. what the training data holds.")
-    limit: int = _field(0, "Evaluate only the first N items of each task (0 = all). Quick checks only: no headline figures.")
+    batch_size: int = _field(
+        64,
+        "Held-out items generated (left-padded) or scored together (64: 8 % faster "
+        "than 32 on 2 CPU cores; bf16 outputs depend slightly on the batch).",
+    )
+    decoding: DecodingSettings = field(
+        default_factory=DecodingSettings,
+        metadata={
+            "help": "How answers are generated; recorded in the eval summary and "
+            "champion.json, and the server's default."
+        },
+    )
+    split: str = _field(
+        "heldout",
+        "Which question set: heldout (benchmarks/musicprod/data, the once-at-the-end "
+        "figures) or dev (benchmarks/musicprod/data/dev, where recipes and checkpoints are chosen).",
+    )
+    cache_base: bool = _field(
+        True,
+        "Reuse the base model's evaluation across experiments (keyed by base weights, "
+        "question files and these settings; under <model cache>/eval-cache/).",
+    )
+    lookup: bool = _field(
+        True,
+        "Also evaluate the lookup reference: the training answer whose instruction is "
+        "nearest to the question (MiniLM), i.e. what the training data holds.",
+    )
+    limit: int = _field(
+        0, "Evaluate only the first N items of each task (0 = all). Quick checks only: no headline figures."
+    )
     dtype: str = _field("bfloat16", "Weights dtype during evaluation: bfloat16 or float32.")
-    merge_adapter: bool = _field(True, "Merge the LoRA adapter into the base weights before evaluating (faster; same outputs up to rounding).")
-    include_base: bool = _field(True, "Also evaluate the un-adapted base model, the reference for every paired comparison.")
-    tasks: list[str] = _field(["musicprod_qa", "musicprod_mc"], "lm-eval tasks (from benchmarks/) run for every target.")
+    merge_adapter: bool = _field(
+        True, "Merge the LoRA adapter into the base weights before evaluating (faster; same outputs up to rounding)."
+    )
+    include_base: bool = _field(
+        True, "Also evaluate the un-adapted base model, the reference for every paired comparison."
+    )
+    tasks: list[str] = _field(
+        ["musicprod_qa", "musicprod_mc"], "lm-eval tasks (from benchmarks/) run for every target."
+    )
     bootstrap_resamples: int = _field(10000, "Bootstrap resamples for 95 % CIs and paired tests.")
 
 
 @dataclass
 class DistributedSettings:
-    launcher: str = _field("python", "How each system's training process starts: python (one process, one device) or "
-                           "accelerate (`accelerate launch`: num_processes data-parallel ranks, DDP or FSDP).")
-    num_processes: int = _field(1, "Ranks per system under the accelerate launcher (one per GPU; CPU processes on the "
-                                "gloo backend without CUDA). Global batch = num_processes x train.batch_size x "
-                                "train.grad_accum. Unsloth systems are skipped when > 1 (its open-source build is single-GPU).")
-    accelerate_config: str = _field("auto", "accelerate config file: auto = configs/accelerate/ddp.yaml with CUDA, "
-                                    "configs/accelerate/ddp-cpu.yaml without; configs/accelerate/fsdp.yaml shards the "
-                                    "base model across GPUs when it does not fit one.")
+    launcher: str = _field(
+        "python",
+        "How each system's training process starts: python (one process, one device) or "
+        "accelerate (`accelerate launch`: num_processes data-parallel ranks, DDP or FSDP).",
+    )
+    num_processes: int = _field(
+        1,
+        "Ranks per system under the accelerate launcher (one per GPU; CPU processes on the "
+        "gloo backend without CUDA). Global batch = num_processes x train.batch_size x "
+        "train.grad_accum. Unsloth systems are skipped when > 1 (its open-source build is single-GPU).",
+    )
+    accelerate_config: str = _field(
+        "auto",
+        "accelerate config file: auto = configs/accelerate/ddp.yaml with CUDA, "
+        "configs/accelerate/ddp-cpu.yaml without; configs/accelerate/fsdp.yaml shards the "
+        "base model across GPUs when it does not fit one.",
+    )
 
 
 @dataclass
 class ExperimentConfig:
     name: str = _field("default", "Experiment name: results go to <runs_dir>/<name>/.")
     runs_dir: str = _field("runs", "Root folder of run records and adapters.")
-    systems: list[str] = _field(list(DEFAULT_SYSTEMS), "Systems under test, from the registry: " + ", ".join(SYSTEM_NAMES) + ".")
+    systems: list[str] = _field(
+        list(DEFAULT_SYSTEMS), "Systems under test, from the registry: " + ", ".join(SYSTEM_NAMES) + "."
+    )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training data."})
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapter shape."})
-    quant: QuantSettings = field(default_factory=QuantSettings, metadata={"help": "4-bit settings of the QLoRA systems."})
-    train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Optimisation settings shared by every system."})
-    eval: EvalSettings = field(default_factory=EvalSettings, metadata={"help": "Held-out evaluation (lm-eval), the same for every system."})
-    distributed: DistributedSettings = field(default_factory=DistributedSettings,
-                                             metadata={"help": "Multi-process training through accelerate (DDP, FSDP)."})
+    quant: QuantSettings = field(
+        default_factory=QuantSettings, metadata={"help": "4-bit settings of the QLoRA systems."}
+    )
+    train: TrainSettings = field(
+        default_factory=TrainSettings, metadata={"help": "Optimisation settings shared by every system."}
+    )
+    eval: EvalSettings = field(
+        default_factory=EvalSettings, metadata={"help": "Held-out evaluation (lm-eval), the same for every system."}
+    )
+    distributed: DistributedSettings = field(
+        default_factory=DistributedSettings, metadata={"help": "Multi-process training through accelerate (DDP, FSDP)."}
+    )
 
     @property
     def experiment_dir(self) -> Path:
@@ -245,8 +330,10 @@ def validate_decoding(d: DecodingSettings, where: str) -> None:
     if d.max_new_tokens < 1:
         raise ConfigError(f"{where}.max_new_tokens: must be >= 1")
     if d.repetition_penalty <= 0 or d.temperature < 0 or not 0 < d.top_p <= 1 or d.no_repeat_ngram_size < 0:
-        raise ConfigError(f"{where}: need repetition_penalty > 0, temperature >= 0, 0 < top_p <= 1, "
-                          f"no_repeat_ngram_size >= 0 (got {d})")
+        raise ConfigError(
+            f"{where}: need repetition_penalty > 0, temperature >= 0, 0 < top_p <= 1, "
+            f"no_repeat_ngram_size >= 0 (got {d})"
+        )
 
 
 def _validate_distributed(d: DistributedSettings) -> None:
@@ -255,11 +342,14 @@ def _validate_distributed(d: DistributedSettings) -> None:
     if d.num_processes < 1:
         raise ConfigError(f"distributed.num_processes: must be >= 1, got {d.num_processes}")
     if d.num_processes > 1 and d.launcher != "accelerate":
-        raise ConfigError(f"distributed.num_processes={d.num_processes} needs distributed.launcher=accelerate "
-                          "(the python launcher starts one process)")
+        raise ConfigError(
+            f"distributed.num_processes={d.num_processes} needs distributed.launcher=accelerate "
+            "(the python launcher starts one process)"
+        )
     if d.accelerate_config != "auto" and not Path(d.accelerate_config).is_file():
-        raise ConfigError(f"distributed.accelerate_config: no such file {d.accelerate_config!r} "
-                          "(see configs/accelerate/)")
+        raise ConfigError(
+            f"distributed.accelerate_config: no such file {d.accelerate_config!r} (see configs/accelerate/)"
+        )
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -317,6 +407,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def experiment_config(experiment_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """The config an experiment was trained with (from its run records), with key=value overrides on top."""
     import json
+
     record = next(iter(sorted(Path(experiment_dir).glob("*/run.json"))), None)
     values = json.loads(record.read_text()).get("config", {}) if record else {"name": Path(experiment_dir).name}
     legacy = (values.get("eval") or {}).pop("max_gen_toks", None)  # records written before eval.decoding

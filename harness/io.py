@@ -1,4 +1,5 @@
 """Atomic file and folder writes: a reader never sees a half-written result."""
+
 from __future__ import annotations
 
 import hashlib
@@ -69,7 +70,9 @@ def atomic_dir(final: str | Path):
         raise
 
 
-def read_jsonl(path: str | Path, required_strings: tuple[str, ...] = (), error: type[Exception] = ValueError) -> list[dict]:
+def read_jsonl(
+    path: str | Path, required_strings: tuple[str, ...] = (), error: type[Exception] = ValueError
+) -> list[dict]:
     """One JSON object per line; a bad line raises `error` naming the file, line and field."""
     rows = []
     with open(path, encoding="utf-8") as f:

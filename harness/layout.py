@@ -1,25 +1,26 @@
 """Where every stage writes inside an experiment directory (runs/<experiment>/): the one place that knows.
 
-    runs/<experiment>/
-      experiment.json                 stage wall times, per-system status (harness.pipeline)
-      <system>/run.json               run record of one trained system (harness.records)
-      <system>/adapter/               its LoRA adapter (PEFT format)
-      <system>/trainer/checkpoint-<N>/ resumable checkpoint (adapter or weights, optimizer, RNG) at step N
-      eval/summary.json               aggregated quality on the held-out: metrics with 95 % bootstrap CIs,
-                                      breakdowns by language, topic and key-fact coverage, paired deltas with
-                                      p-values (harness.eval.run)
-      eval-dev/...                    the same for the dev set (`musicprod eval --split dev`)
-      eval/<target>/results.json      lm-eval results for one target: "base", a system, "<system>@<step>" (a
-                                      checkpoint) or "lookup" (the nearest training answer, a reference)
-      eval/<target>/samples_<task>.jsonl   lm-eval per-sample logs
-      eval/<target>/generations.jsonl one QA item per line: id, lang, topic, difficulty, question, reference,
-                                      key_facts, answer, metrics{rougeL, bleu, chrf, key_fact_recall, semscore}
-      eval/<target>/mc.jsonl          one MC item per line: id, lang, topic, acc, acc_norm, and the length-only
-                                      baselines pick_longest, pick_shortest, chance
-      judge/<judge>/...               LLM-judge scores and reliability (harness.judge.run)
-      ratings.sqlite                  human ratings (harness.ratings)
-      champion.json                   the chosen system, read by the server (reports)
+runs/<experiment>/
+  experiment.json                 stage wall times, per-system status (harness.pipeline)
+  <system>/run.json               run record of one trained system (harness.records)
+  <system>/adapter/               its LoRA adapter (PEFT format)
+  <system>/trainer/checkpoint-<N>/ resumable checkpoint (adapter or weights, optimizer, RNG) at step N
+  eval/summary.json               aggregated quality on the held-out: metrics with 95 % bootstrap CIs,
+                                  breakdowns by language, topic and key-fact coverage, paired deltas with
+                                  p-values (harness.eval.run)
+  eval-dev/...                    the same for the dev set (`musicprod eval --split dev`)
+  eval/<target>/results.json      lm-eval results for one target: "base", a system, "<system>@<step>" (a
+                                  checkpoint) or "lookup" (the nearest training answer, a reference)
+  eval/<target>/samples_<task>.jsonl   lm-eval per-sample logs
+  eval/<target>/generations.jsonl one QA item per line: id, lang, topic, difficulty, question, reference,
+                                  key_facts, answer, metrics{rougeL, bleu, chrf, key_fact_recall, semscore}
+  eval/<target>/mc.jsonl          one MC item per line: id, lang, topic, acc, acc_norm, and the length-only
+                                  baselines pick_longest, pick_shortest, chance
+  judge/<judge>/...               LLM-judge scores and reliability (harness.judge.run)
+  ratings.sqlite                  human ratings (harness.ratings)
+  champion.json                   the chosen system, read by the server (reports)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,7 +88,7 @@ def checkpoint_dir(experiment_dir: str | Path, system: str, step: int) -> Path:
 
 
 def split_target(target: str) -> tuple[str, int | None]:
-    """"hf-lora@120" -> ("hf-lora", 120); "hf-lora" -> ("hf-lora", None)."""
+    """ "hf-lora@120" -> ("hf-lora", 120); "hf-lora" -> ("hf-lora", None)."""
     system, _, step = target.partition("@")
     if step and not step.isdigit():
         raise ConfigError(f"target {target!r}: expected SYSTEM@STEP with an integer step")
@@ -126,5 +127,7 @@ def resolve_experiment(name_or_path: str, runs_dir: str = "runs") -> Path:
         path = Path(runs_dir) / name_or_path
     if not path.is_dir():
         known = sorted(p.name for p in Path(runs_dir).glob("*") if p.is_dir()) if Path(runs_dir).is_dir() else []
-        raise ConfigError(f"experiment {name_or_path!r}: no such folder (known under {runs_dir}/: {', '.join(known) or 'none'})")
+        raise ConfigError(
+            f"experiment {name_or_path!r}: no such folder (known under {runs_dir}/: {', '.join(known) or 'none'})"
+        )
     return path

@@ -1,4 +1,5 @@
 """Base models: resolve a registry name / HF id / local folder, and prepare GGUF models once as HF folders."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def prepare(name: str, cache_dir: str = "~/.cache/musicprod/models", progress: b
         if "/" in name and not Path(name).exists():
             return ResolvedModel(name, name, None, {"kind": "hf id"})
         known = ", ".join(m.name for m in BASE_MODELS)
-        raise ModelError(f"unknown base model {name!r}: not in the registry ({known}), not a local folder, "
-                         "not an HF id (owner/name)")
+        raise ModelError(
+            f"unknown base model {name!r}: not in the registry ({known}), not a local folder, not an HF id (owner/name)"
+        )
     target = prepared_dir(name, cache_dir)
     marker = target / PREPARED_MARKER
     if marker.exists():
@@ -79,10 +81,16 @@ def prepare(name: str, cache_dir: str = "~/.cache/musicprod/models", progress: b
         tok.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp)
         _verify_reload(model, reloaded, name)
-        info = {"name": name, "description": entry.description, "source_file": gguf.name,
-                "source_sha256": source_sha, "architecture": type(model).__name__,
-                "parameters": sum(p.numel() for p in model.parameters()), "is_instruct": entry.is_instruct,
-                "chat_template_note": "registry template (no injected default system prompt)"}
+        info = {
+            "name": name,
+            "description": entry.description,
+            "source_file": gguf.name,
+            "source_sha256": source_sha,
+            "architecture": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "is_instruct": entry.is_instruct,
+            "chat_template_note": "registry template (no injected default system prompt)",
+        }
         write_json_atomic(tmp / PREPARED_MARKER, info)
     print(f"[prepare] {name}: ready at {target}", flush=True)
     return ResolvedModel(name, str(target), source_sha, info)
@@ -90,6 +98,7 @@ def prepare(name: str, cache_dir: str = "~/.cache/musicprod/models", progress: b
 
 def _verify_reload(model, reloaded, name: str) -> None:
     import torch
+
     ids = torch.arange(1, 17).unsqueeze(0)
     with torch.no_grad():
         a = model(ids).logits.float()
@@ -103,13 +112,18 @@ def load_for_inference(base_path: str, adapter_path: str | None, dtype: str, mer
     when `merge` (else left attached as a PeftModel)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if adapter_path and not (Path(adapter_path) / "adapter_config.json").exists() \
-            and (Path(adapter_path) / "config.json").exists():
+
+    if (
+        adapter_path
+        and not (Path(adapter_path) / "adapter_config.json").exists()
+        and (Path(adapter_path) / "config.json").exists()
+    ):
         base_path, adapter_path = adapter_path, None  # full fine-tuned weights (hf-full, or one of its checkpoints)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
     if adapter_path:
         from peft import PeftModel
+
         model = PeftModel.from_pretrained(model, adapter_path)
         if merge:
             model = model.merge_and_unload()

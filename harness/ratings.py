@@ -18,6 +18,7 @@ Statistics (summarize): per target and dimension the mean over answers (each ans
 a 95 % bootstrap CI (harness.eval.stats), Krippendorff's ordinal alpha per dimension (the `krippendorff` package),
 Spearman between the human mean and an LLM judge's score per answer, coverage, and pairwise win/tie/loss counts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,44 +55,62 @@ RUBRIC = {
     "correctness": {
         "name": {"en": "Correctness", "de": "Korrektheit"},
         "question": {"en": "Is what the answer says true?", "de": "Stimmt, was die Antwort sagt?"},
-        1: {"en": "Wrong: the main claim is false or would mislead.",
-            "de": "Falsch: die Kernaussage ist falsch oder führt in die Irre."},
-        2: {"en": "Mostly wrong: some correct bits, but a substantial error.",
-            "de": "Überwiegend falsch: einzelne richtige Teile, aber ein wesentlicher Fehler."},
-        3: {"en": "Partly correct: the core is right, with notable errors or gaps.",
-            "de": "Teilweise richtig: der Kern stimmt, mit deutlichen Fehlern oder Lücken."},
-        4: {"en": "Mostly correct: only minor inaccuracies.",
-            "de": "Überwiegend richtig: nur kleine Ungenauigkeiten."},
-        5: {"en": "Fully correct: accurate and consistent with the reference.",
-            "de": "Vollständig richtig: zutreffend und im Einklang mit der Referenz."},
+        1: {
+            "en": "Wrong: the main claim is false or would mislead.",
+            "de": "Falsch: die Kernaussage ist falsch oder führt in die Irre.",
+        },
+        2: {
+            "en": "Mostly wrong: some correct bits, but a substantial error.",
+            "de": "Überwiegend falsch: einzelne richtige Teile, aber ein wesentlicher Fehler.",
+        },
+        3: {
+            "en": "Partly correct: the core is right, with notable errors or gaps.",
+            "de": "Teilweise richtig: der Kern stimmt, mit deutlichen Fehlern oder Lücken.",
+        },
+        4: {"en": "Mostly correct: only minor inaccuracies.", "de": "Überwiegend richtig: nur kleine Ungenauigkeiten."},
+        5: {
+            "en": "Fully correct: accurate and consistent with the reference.",
+            "de": "Vollständig richtig: zutreffend und im Einklang mit der Referenz.",
+        },
     },
     "relevance": {
         "name": {"en": "Relevance", "de": "Relevanz"},
         "question": {"en": "Does it answer what was asked?", "de": "Beantwortet sie die gestellte Frage?"},
-        1: {"en": "Off-topic: does not address the question.",
-            "de": "Themenfremd: geht nicht auf die Frage ein."},
-        2: {"en": "Tangential: touches the topic but misses the question.",
-            "de": "Am Rand: streift das Thema, verfehlt aber die Frage."},
-        3: {"en": "Partly relevant: answers it, with much beside the point.",
-            "de": "Teilweise relevant: beantwortet sie, mit viel Nebensächlichem."},
-        4: {"en": "Relevant: answers the question with little digression.",
-            "de": "Relevant: beantwortet die Frage mit wenig Abschweifung."},
-        5: {"en": "Fully on point: exactly what was asked, nothing extra.",
-            "de": "Genau auf den Punkt: genau das Gefragte, nichts Überflüssiges."},
+        1: {"en": "Off-topic: does not address the question.", "de": "Themenfremd: geht nicht auf die Frage ein."},
+        2: {
+            "en": "Tangential: touches the topic but misses the question.",
+            "de": "Am Rand: streift das Thema, verfehlt aber die Frage.",
+        },
+        3: {
+            "en": "Partly relevant: answers it, with much beside the point.",
+            "de": "Teilweise relevant: beantwortet sie, mit viel Nebensächlichem.",
+        },
+        4: {
+            "en": "Relevant: answers the question with little digression.",
+            "de": "Relevant: beantwortet die Frage mit wenig Abschweifung.",
+        },
+        5: {
+            "en": "Fully on point: exactly what was asked, nothing extra.",
+            "de": "Genau auf den Punkt: genau das Gefragte, nichts Überflüssiges.",
+        },
     },
     "helpfulness": {
         "name": {"en": "Helpfulness", "de": "Nützlichkeit"},
         "question": {"en": "Could the asker act on it?", "de": "Kann die fragende Person damit etwas anfangen?"},
-        1: {"en": "Useless: nothing the asker could act on.",
-            "de": "Nutzlos: nichts, womit man arbeiten könnte."},
-        2: {"en": "Slightly helpful: a hint, but vague or hard to apply.",
-            "de": "Wenig hilfreich: ein Hinweis, aber vage oder schwer umzusetzen."},
-        3: {"en": "Somewhat helpful: usable, but missing steps or specifics.",
-            "de": "Einigermaßen hilfreich: brauchbar, aber es fehlen Schritte oder Details."},
-        4: {"en": "Helpful: clear and actionable, small gaps.",
-            "de": "Hilfreich: klar und umsetzbar, kleine Lücken."},
-        5: {"en": "Very helpful: clear, specific, actionable, as an expert would answer.",
-            "de": "Sehr hilfreich: klar, konkret, umsetzbar, wie von einer Fachperson."},
+        1: {"en": "Useless: nothing the asker could act on.", "de": "Nutzlos: nichts, womit man arbeiten könnte."},
+        2: {
+            "en": "Slightly helpful: a hint, but vague or hard to apply.",
+            "de": "Wenig hilfreich: ein Hinweis, aber vage oder schwer umzusetzen.",
+        },
+        3: {
+            "en": "Somewhat helpful: usable, but missing steps or specifics.",
+            "de": "Einigermaßen hilfreich: brauchbar, aber es fehlen Schritte oder Details.",
+        },
+        4: {"en": "Helpful: clear and actionable, small gaps.", "de": "Hilfreich: klar und umsetzbar, kleine Lücken."},
+        5: {
+            "en": "Very helpful: clear, specific, actionable, as an expert would answer.",
+            "de": "Sehr hilfreich: klar, konkret, umsetzbar, wie von einer Fachperson.",
+        },
     },
 }
 
@@ -141,14 +160,43 @@ CREATE TABLE IF NOT EXISTS raters (
 );
 """
 
-SINGLE_CSV_FIELDS = ("rater", "uid", "target", "item_id", "correctness", "relevance", "helpfulness", "comment",
-                     "created_at", "source")
-PAIRWISE_CSV_FIELDS = ("rater", "item_id", "uid_a", "uid_b", "target_a", "target_b", "choice", "comment",
-                       "created_at", "source")
+SINGLE_CSV_FIELDS = (
+    "rater",
+    "uid",
+    "target",
+    "item_id",
+    "correctness",
+    "relevance",
+    "helpfulness",
+    "comment",
+    "created_at",
+    "source",
+)
+PAIRWISE_CSV_FIELDS = (
+    "rater",
+    "item_id",
+    "uid_a",
+    "uid_b",
+    "target_a",
+    "target_b",
+    "choice",
+    "comment",
+    "created_at",
+    "source",
+)
 # A blind sheet for raters who work in a spreadsheet: no target column and no uid (computable from the answer
 # text, see the module docstring); import maps answer_id (the blind id) back to the answer.
-TEMPLATE_CSV_FIELDS = ("rater", "answer_id", "question", "reference", "answer", "correctness", "relevance",
-                       "helpfulness", "comment")
+TEMPLATE_CSV_FIELDS = (
+    "rater",
+    "answer_id",
+    "question",
+    "reference",
+    "answer",
+    "correctness",
+    "relevance",
+    "helpfulness",
+    "comment",
+)
 # Spreadsheets run a cell starting with one of these as a formula (CSV injection); see _defuse.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -191,8 +239,9 @@ def check_text(value: str, field: str, where: str = "") -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise RatingError(f"{where}field {field!r} is not valid Unicode (lone surrogate at character {e.start})") \
-            from None
+        raise RatingError(
+            f"{where}field {field!r} is not valid Unicode (lone surrogate at character {e.start})"
+        ) from None
     return value
 
 
@@ -223,7 +272,7 @@ def rater_order(keys: Iterable[str], rater: str, block_size: int = BLOCK_SIZE) -
     shared = sorted(keys, key=lambda k: _hash("block", k))
     order = []
     for start in range(0, len(shared), block_size):
-        block = shared[start:start + block_size]
+        block = shared[start : start + block_size]
         order += sorted(block, key=lambda k: _hash("rater", rater, k))
     return order
 
@@ -234,6 +283,7 @@ def a_is_first(rater: str, pid: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------- store
+
 
 class RatingStore:
     """ratings.sqlite of one experiment. Each method opens its own connection (thread- and process-safe)."""
@@ -250,8 +300,10 @@ class RatingStore:
         """Give a store made before blind ids one per answer (ratings keep their uid: nothing else changes).
         Only then is there a write: opening a current store takes no write lock."""
         with self.connect() as conn:
-            if "blind_id" in {row["name"] for row in conn.execute("PRAGMA table_info(answers)")} and \
-                    not conn.execute("SELECT 1 FROM answers WHERE blind_id IS NULL LIMIT 1").fetchone():
+            if (
+                "blind_id" in {row["name"] for row in conn.execute("PRAGMA table_info(answers)")}
+                and not conn.execute("SELECT 1 FROM answers WHERE blind_id IS NULL LIMIT 1").fetchone()
+            ):
                 conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS answers_blind ON answers (blind_id)")
                 return
         with self.transaction() as conn:
@@ -306,9 +358,25 @@ class RatingStore:
                 "INSERT INTO answers (uid, target, item_id, lang, topic, difficulty, question, reference, answer,"
                 " source, queued_seq, queued_at, blind_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (uid) DO UPDATE SET queued_seq = excluded.queued_seq, queued_at = excluded.queued_at",
-                [(answer_uid(r["target"], r["item_id"], r["answer"]), r["target"], r["item_id"], r.get("lang"),
-                  r.get("topic"), r.get("difficulty"), r["question"], r.get("reference"), r["answer"], source,
-                  seq, stamp, _new_blind_id()) for r in rows])
+                [
+                    (
+                        answer_uid(r["target"], r["item_id"], r["answer"]),
+                        r["target"],
+                        r["item_id"],
+                        r.get("lang"),
+                        r.get("topic"),
+                        r.get("difficulty"),
+                        r["question"],
+                        r.get("reference"),
+                        r["answer"],
+                        source,
+                        seq,
+                        stamp,
+                        _new_blind_id(),
+                    )
+                    for r in rows
+                ],
+            )
             after = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
         return after - before
 
@@ -318,7 +386,8 @@ class RatingStore:
             rows = conn.execute(
                 "SELECT a.* FROM answers a JOIN (SELECT target, item_id, MAX(queued_seq) AS seq FROM answers"
                 " GROUP BY target, item_id) m ON a.target = m.target AND a.item_id = m.item_id"
-                " AND a.queued_seq = m.seq ORDER BY a.item_id, a.target").fetchall()
+                " AND a.queued_seq = m.seq ORDER BY a.item_id, a.target"
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def answer(self, uid: str) -> dict | None:
@@ -333,13 +402,16 @@ class RatingStore:
 
     def resolve_uid(self, target: str, item_id: str) -> str | None:
         with self.connect() as conn:
-            row = conn.execute("SELECT uid FROM answers WHERE target = ? AND item_id = ? ORDER BY queued_seq DESC"
-                               " LIMIT 1", (target, item_id)).fetchone()
+            row = conn.execute(
+                "SELECT uid FROM answers WHERE target = ? AND item_id = ? ORDER BY queued_seq DESC LIMIT 1",
+                (target, item_id),
+            ).fetchone()
         return row["uid"] if row else None
 
     # -- ratings
-    def save_rating(self, rater: str, uid: str, scores: dict, comment: str = "", source: str = "web",
-                    created_at: str | None = None) -> int:
+    def save_rating(
+        self, rater: str, uid: str, scores: dict, comment: str = "", source: str = "web", created_at: str | None = None
+    ) -> int:
         """Store (or replace) one rater's scores for one answer in its own committed transaction; returns row id."""
         rater = check_rater(rater)
         values = [check_score(scores.get(d), d) for d in DIMENSIONS]
@@ -356,10 +428,19 @@ class RatingStore:
             " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (rater, uid) DO UPDATE SET correctness = excluded.correctness,"
             " relevance = excluded.relevance, helpfulness = excluded.helpfulness, comment = excluded.comment,"
             " source = excluded.source, created_at = excluded.created_at RETURNING id",
-            (rater, uid, *values, comment, source, created_at)).fetchone()[0]
+            (rater, uid, *values, comment, source, created_at),
+        ).fetchone()[0]
 
-    def save_pairwise(self, rater: str, uid_a: str, uid_b: str, choice: str, comment: str = "",
-                      source: str = "web", created_at: str | None = None) -> int:
+    def save_pairwise(
+        self,
+        rater: str,
+        uid_a: str,
+        uid_b: str,
+        choice: str,
+        comment: str = "",
+        source: str = "web",
+        created_at: str | None = None,
+    ) -> int:
         rater = check_rater(rater)
         comment = check_comment(comment)
         if choice not in PAIR_CHOICES:
@@ -379,18 +460,25 @@ class RatingStore:
             " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (rater, pair_key) DO UPDATE SET uid_a = excluded.uid_a,"
             " uid_b = excluded.uid_b, choice = excluded.choice, comment = excluded.comment, source = excluded.source,"
             " created_at = excluded.created_at RETURNING id",
-            (rater, uid_a, uid_b, pair_key(uid_a, uid_b), choice, comment, source, created_at)).fetchone()[0]
+            (rater, uid_a, uid_b, pair_key(uid_a, uid_b), choice, comment, source, created_at),
+        ).fetchone()[0]
 
     def ratings(self, rater: str | None = None) -> list[dict]:
-        sql = ("SELECT r.*, a.target, a.item_id, a.blind_id FROM ratings r JOIN answers a ON a.uid = r.uid"
-               + (" WHERE r.rater = ?" if rater is not None else "") + " ORDER BY r.id")
+        sql = (
+            "SELECT r.*, a.target, a.item_id, a.blind_id FROM ratings r JOIN answers a ON a.uid = r.uid"
+            + (" WHERE r.rater = ?" if rater is not None else "")
+            + " ORDER BY r.id"
+        )
         with self.connect() as conn:
             return [dict(r) for r in conn.execute(sql, (rater,) if rater is not None else ())]
 
     def pairwise(self, rater: str | None = None) -> list[dict]:
-        sql = ("SELECT p.*, a.item_id, a.target AS target_a, b.target AS target_b FROM pairwise p"
-               " JOIN answers a ON a.uid = p.uid_a JOIN answers b ON b.uid = p.uid_b"
-               + (" WHERE p.rater = ?" if rater is not None else "") + " ORDER BY p.id")
+        sql = (
+            "SELECT p.*, a.item_id, a.target AS target_a, b.target AS target_b FROM pairwise p"
+            " JOIN answers a ON a.uid = p.uid_a JOIN answers b ON b.uid = p.uid_b"
+            + (" WHERE p.rater = ?" if rater is not None else "")
+            + " ORDER BY p.id"
+        )
         with self.connect() as conn:
             return [dict(r) for r in conn.execute(sql, (rater,) if rater is not None else ())]
 
@@ -402,9 +490,11 @@ class RatingStore:
         with self.transaction() as conn:
             if not reissue and conn.execute("SELECT 1 FROM raters WHERE name = ?", (name,)).fetchone():
                 return None
-            conn.execute("INSERT INTO raters (name, token_sha256, created_at) VALUES (?,?,?) ON CONFLICT (name)"
-                         " DO UPDATE SET token_sha256 = excluded.token_sha256, created_at = excluded.created_at",
-                         (name, _token_hash(token), now_iso()))
+            conn.execute(
+                "INSERT INTO raters (name, token_sha256, created_at) VALUES (?,?,?) ON CONFLICT (name)"
+                " DO UPDATE SET token_sha256 = excluded.token_sha256, created_at = excluded.created_at",
+                (name, _token_hash(token), now_iso()),
+            )
         return token
 
     def rater_for_token(self, token: str | None) -> str | None:
@@ -449,12 +539,22 @@ class RatingStore:
 
 # ---------------------------------------------------------------------------------------------- queue from eval
 
+
 def read_generations(path: Path, target: str) -> list[dict]:
     """eval/<target>/generations.jsonl -> queue rows; errors name file, line and field."""
-    return [{"target": target, "item_id": rec["id"], "question": rec["question"], "answer": rec["answer"],
-             "reference": rec.get("reference"), "lang": rec.get("lang"), "topic": rec.get("topic"),
-             "difficulty": rec.get("difficulty")}
-            for rec in read_jsonl(path, ("id", "question", "answer"), RatingError)]
+    return [
+        {
+            "target": target,
+            "item_id": rec["id"],
+            "question": rec["question"],
+            "answer": rec["answer"],
+            "reference": rec.get("reference"),
+            "lang": rec.get("lang"),
+            "topic": rec.get("topic"),
+            "difficulty": rec.get("difficulty"),
+        }
+        for rec in read_jsonl(path, ("id", "question", "answer"), RatingError)
+    ]
 
 
 def generation_files(experiment_dir: str | Path) -> dict[str, Path]:
@@ -479,6 +579,7 @@ def sync_queue(experiment_dir: str | Path, store: RatingStore | None = None) -> 
 
 # ------------------------------------------------------------------------------------------------------ CSV
 
+
 def _sniff_reader(text: str) -> csv.DictReader:
     """Spreadsheets write ',' or ';' (German Excel) or tabs; read whichever the header uses."""
     header = text.split("\n", 1)[0]
@@ -488,8 +589,7 @@ def _sniff_reader(text: str) -> csv.DictReader:
 
 def export_csv(store: RatingStore, path: str | Path, kind: str = "single") -> int:
     """Write all single ratings (kind='single') or pairwise judgements (kind='pairwise'); returns rows written."""
-    fields, rows = ((SINGLE_CSV_FIELDS, store.ratings()) if kind == "single"
-                    else (PAIRWISE_CSV_FIELDS, store.pairwise()))
+    fields, rows = (SINGLE_CSV_FIELDS, store.ratings()) if kind == "single" else (PAIRWISE_CSV_FIELDS, store.pairwise())
     return _write_csv(path, fields, rows)
 
 
@@ -501,9 +601,17 @@ def export_template(store: RatingStore, path: str | Path, rater: str) -> int:
     rows = []
     for blind_id in store.single_queue(rater):
         a, r = answers[blind_id], done.get(blind_id, {})
-        rows.append({"rater": rater, "answer_id": blind_id, "question": a["question"],
-                     "reference": a["reference"] or "", "answer": a["answer"], **{d: r.get(d, "") for d in DIMENSIONS},
-                     "comment": r.get("comment", "")})
+        rows.append(
+            {
+                "rater": rater,
+                "answer_id": blind_id,
+                "question": a["question"],
+                "reference": a["reference"] or "",
+                "answer": a["answer"],
+                **{d: r.get(d, "") for d in DIMENSIONS},
+                "comment": r.get("comment", ""),
+            }
+        )
     return _write_csv(path, TEMPLATE_CSV_FIELDS, rows)
 
 
@@ -593,8 +701,10 @@ def _row_uid(store: RatingStore, row: dict, suffix: str, where: str) -> str:
         raise RatingError(f"{where}needs 'answer_id{suffix}', 'uid{suffix}' or both 'target{suffix}' and 'item_id'")
     uid = store.resolve_uid(target, item_id)
     if uid is None:
-        raise RatingError(f"{where}no queued answer for target {target!r}, item {item_id!r} "
-                          f"(run the eval stage or `musicprod rate` once so the queue is filled)")
+        raise RatingError(
+            f"{where}no queued answer for target {target!r}, item {item_id!r} "
+            f"(run the eval stage or `musicprod rate` once so the queue is filled)"
+        )
     return uid
 
 
@@ -616,6 +726,7 @@ def _import_pair_row(store, conn, row, where) -> int:
 
 # ------------------------------------------------------------------------------------------------ statistics
 
+
 def krippendorff_alpha(matrix: list[list[float]]) -> float | None:
     """Ordinal alpha over a raters x units matrix (nan = not rated); None when it is undefined.
 
@@ -623,6 +734,7 @@ def krippendorff_alpha(matrix: list[list[float]]) -> float | None:
     """
     import krippendorff
     import numpy as np
+
     data = np.asarray(matrix, dtype=float)
     if data.ndim != 2 or data.shape[0] < 2 or not ((~np.isnan(data)).sum(axis=0) >= 2).any():
         return None
@@ -643,8 +755,10 @@ def read_judge_scores(experiment_dir: str | Path, judge: str | None = None) -> t
         path = judge_dir(experiment_dir, judge) / "scores.jsonl"
         if not path.exists():
             return judge, {}
-    scores = {(rec["target"], rec["id"]): {d: rec.get(d) for d in DIMENSIONS if isinstance(rec.get(d), (int, float))}
-              for rec in read_jsonl(path, ("target", "id"), RatingError)}
+    scores = {
+        (rec["target"], rec["id"]): {d: rec.get(d) for d in DIMENSIONS if isinstance(rec.get(d), (int, float))}
+        for rec in read_jsonl(path, ("target", "id"), RatingError)
+    }
     return judge, scores
 
 
@@ -688,8 +802,10 @@ def summarize(experiment_dir: str | Path, judge: str | None = None, resamples: i
     for target in sorted({a["target"] for a in current}):
         uids = [u for u, a in current_uids.items() if a["target"] == target and u in by_uid]
         if uids:
-            targets[target] = {d: mean_ci([sum(r[d] for r in by_uid[u]) / len(by_uid[u]) for u in uids],
-                                          resamples=resamples) for d in DIMENSIONS}
+            targets[target] = {
+                d: mean_ci([sum(r[d] for r in by_uid[u]) / len(by_uid[u]) for u in uids], resamples=resamples)
+                for d in DIMENSIONS
+            }
 
     raters = sorted({r["rater"] for r in live})
     units = sorted(by_uid)
@@ -714,21 +830,34 @@ def summarize(experiment_dir: str | Path, judge: str | None = None, resamples: i
 
     n_ratings = len(live)
     coverage = {
-        "items": len(current), "rated_items": len(by_uid), "ratings": n_ratings, "raters": len(raters),
+        "items": len(current),
+        "rated_items": len(by_uid),
+        "ratings": n_ratings,
+        "raters": len(raters),
         "ratings_per_item": round(n_ratings / len(by_uid), 3) if by_uid else 0.0,
         "items_rated_twice": sum(1 for rs in by_uid.values() if len(rs) >= 2),
         "questions": len({a["item_id"] for a in current}),
         "stale_ratings": len(single) - n_ratings,  # ratings of answers since replaced by a newer eval run
         "pairwise_judgements": len(pairs),
-        "by_target": {t: {"items": sum(1 for a in current if a["target"] == t),
-                          "rated_items": sum(1 for u in by_uid if current_uids[u]["target"] == t),
-                          "ratings": sum(len(rs) for u, rs in by_uid.items() if current_uids[u]["target"] == t)}
-                      for t in sorted({a["target"] for a in current})},
+        "by_target": {
+            t: {
+                "items": sum(1 for a in current if a["target"] == t),
+                "rated_items": sum(1 for u in by_uid if current_uids[u]["target"] == t),
+                "ratings": sum(len(rs) for u, rs in by_uid.items() if current_uids[u]["target"] == t),
+            }
+            for t in sorted({a["target"] for a in current})
+        },
     }
     live_pairs = [p for p in pairs if p["uid_a"] in current_uids and p["uid_b"] in current_uids]
-    return {"targets": targets, "alpha": alpha, "coverage": coverage, "judge": judge_name,
-            "judge_spearman": judge_spearman, "pairwise": pairwise_counts(live_pairs),
-            "created_at": now_iso()}
+    return {
+        "targets": targets,
+        "alpha": alpha,
+        "coverage": coverage,
+        "judge": judge_name,
+        "judge_spearman": judge_spearman,
+        "pairwise": pairwise_counts(live_pairs),
+        "created_at": now_iso(),
+    }
 
 
 def human_scores(db_path: str | Path, uids: Iterable[str]) -> dict:
@@ -761,9 +890,11 @@ def format_summary(summary: dict | None) -> str:
         return "no ratings yet"
     lines = []
     cov = summary["coverage"]
-    lines.append(f"coverage: {cov['rated_items']} of {cov['items']} answers rated, {cov['ratings']} ratings by "
-                 f"{cov['raters']} raters ({cov['ratings_per_item']} per rated answer, "
-                 f"{cov['items_rated_twice']} rated at least twice)")
+    lines.append(
+        f"coverage: {cov['rated_items']} of {cov['items']} answers rated, {cov['ratings']} ratings by "
+        f"{cov['raters']} raters ({cov['ratings_per_item']} per rated answer, "
+        f"{cov['items_rated_twice']} rated at least twice)"
+    )
     lines.append(f"{'target':16s}" + "".join(f"{d:>26s}" for d in DIMENSIONS))
     for target, dims in summary["targets"].items():
         cells = []
@@ -772,12 +903,12 @@ def format_summary(summary: dict | None) -> str:
             ci = f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if s["ci_low"] is not None else "[n/a]"
             cells.append(f"{s['mean']:.2f} {ci} n={s['n']}".rjust(26))
         lines.append(f"{target:16s}" + "".join(cells))
-    lines.append("Krippendorff alpha (ordinal): " + ", ".join(
-        f"{d} {_fmt(a)}" for d, a in summary["alpha"].items()))
+    lines.append("Krippendorff alpha (ordinal): " + ", ".join(f"{d} {_fmt(a)}" for d, a in summary["alpha"].items()))
     if summary["judge_spearman"]:
-        lines.append(f"judge {summary['judge']} vs human Spearman: " + ", ".join(
-            f"{d} {_fmt(s['rho'])} (n={s['n']})"
-            for d, s in summary["judge_spearman"].items()))
+        lines.append(
+            f"judge {summary['judge']} vs human Spearman: "
+            + ", ".join(f"{d} {_fmt(s['rho'])} (n={s['n']})" for d, s in summary["judge_spearman"].items())
+        )
     for p in summary["pairwise"]:
         lines.append(f"pairwise {p['a']} vs {p['b']}: {p['wins']} wins, {p['ties']} ties, {p['losses']} losses")
     return "\n".join(lines)

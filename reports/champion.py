@@ -2,6 +2,7 @@
 
 `decide(exp)` is pure (the report shows it); `choose_champion(experiment_dir)` also writes champion.json.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,15 @@ RULE = (
     "summary, non-overlapping marginal 95 % CIs stand in for it (a stricter test)."
 )
 
-SCORE_KEYS = {("qa", "key_fact_recall"): "key_fact_recall", ("qa", "rougeL"): "rougeL", ("qa", "bleu"): "bleu",
-              ("qa", "chrf"): "chrf", ("qa", "semscore"): "semscore", ("mc", "acc"): "mc_acc",
-              ("mc", "acc_norm"): "mc_acc_norm"}
+SCORE_KEYS = {
+    ("qa", "key_fact_recall"): "key_fact_recall",
+    ("qa", "rougeL"): "rougeL",
+    ("qa", "bleu"): "bleu",
+    ("qa", "chrf"): "chrf",
+    ("qa", "semscore"): "semscore",
+    ("mc", "acc"): "mc_acc",
+    ("mc", "acc_norm"): "mc_acc_norm",
+}
 
 
 def metric(exp: Experiment, target: str, task: str, name: str) -> dict | None:
@@ -98,8 +105,10 @@ def decide(exp: Experiment) -> dict:
         if ok:
             candidates.append(system)
     for system, rec in exp.records.items():
-        decisions.setdefault(system, f"not a candidate: training {rec.get('status')}"
-                                     + (f" ({rec.get('reason')})" if rec.get("reason") else ""))
+        decisions.setdefault(
+            system,
+            f"not a candidate: training {rec.get('status')}" + (f" ({rec.get('reason')})" if rec.get("reason") else ""),
+        )
     champion, tied = BASE_TARGET, []
     if candidates:
         leader = max(candidates, key=lambda s: metric(exp, s, *PRIMARY)["mean"])
@@ -108,13 +117,18 @@ def decide(exp: Experiment) -> dict:
         def tie_key(s: str):
             judge = _judge_mean(exp, s)
             rec = exp.records.get(s, {})
-            return (-(judge if judge is not None else -math.inf) if reliable_judge(exp) else 0,
-                    rec.get("train_wall_s") or math.inf, peak_memory_mib(rec) or math.inf,
-                    -metric(exp, s, *PRIMARY)["mean"])
+            return (
+                -(judge if judge is not None else -math.inf) if reliable_judge(exp) else 0,
+                rec.get("train_wall_s") or math.inf,
+                peak_memory_mib(rec) or math.inf,
+                -metric(exp, s, *PRIMARY)["mean"],
+            )
+
         champion = min(tied, key=tie_key)
         if len(tied) > 1:
-            decisions[champion] += f"; tied on key-fact recall with {', '.join(t for t in tied if t != champion)}, " \
-                                   f"won the tie-break"
+            decisions[champion] += (
+                f"; tied on key-fact recall with {', '.join(t for t in tied if t != champion)}, won the tie-break"
+            )
     record = exp.records.get(champion, {})
     scores = {key: metric(exp, champion, task, name) for (task, name), key in SCORE_KEYS.items()}
     scores = {k: v for k, v in scores.items() if v}

@@ -4,6 +4,7 @@ Run records and experiment.json come from training, eval/summary.json from evalu
 from the LLM judge and the human-rating summary from harness.ratings. Each later stage may be absent: the report
 says so instead of failing. Malformed files are errors that name the file and the position.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,13 @@ class ReportError(RuntimeError):
 class Experiment:
     dir: Path
     name: str
-    records: dict[str, dict]               # system -> run.json
-    stages: dict | None                    # experiment.json
-    eval: dict | None                      # eval/summary.json (the held-out)
-    judges: dict[str, dict]                # judge name -> judge/<judge>/summary.json
-    human: dict | None                     # harness.ratings.summarize(); None when no ratings
+    records: dict[str, dict]  # system -> run.json
+    stages: dict | None  # experiment.json
+    eval: dict | None  # eval/summary.json (the held-out)
+    judges: dict[str, dict]  # judge name -> judge/<judge>/summary.json
+    human: dict | None  # harness.ratings.summarize(); None when no ratings
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable, shown in the report
-    eval_dev: dict | None = None           # eval-dev/summary.json: where recipes and checkpoints were chosen
+    eval_dev: dict | None = None  # eval-dev/summary.json: where recipes and checkpoints were chosen
 
     @property
     def ok_systems(self) -> list[str]:
@@ -63,8 +64,10 @@ def _check_eval_summary(path: Path, summary: dict) -> None:
         for task, by_metric in (metrics or {}).items():
             for metric, s in by_metric.items():
                 if not isinstance(s, dict) or "mean" not in s:
-                    raise ReportError(f"{path}: targets.{target}.metrics.{task}.{metric} must be "
-                                      f"{{mean, stderr, ci_low, ci_high, n}}, got {s!r}")
+                    raise ReportError(
+                        f"{path}: targets.{target}.metrics.{task}.{metric} must be "
+                        f"{{mean, stderr, ci_low, ci_high, n}}, got {s!r}"
+                    )
 
 
 def load_records(experiment_dir: Path) -> dict[str, dict]:
@@ -113,19 +116,32 @@ def load_experiment(experiment_dir: str | Path) -> Experiment:
     if dev is not None:
         _check_eval_summary(dev_path, dev)
     if not records and summary is None:
-        raise ReportError(f"{experiment_dir}: neither run records (*/run.json) nor {summary_path}; "
-                          f"train first (musicprod run)")
+        raise ReportError(
+            f"{experiment_dir}: neither run records (*/run.json) nor {summary_path}; train first (musicprod run)"
+        )
     notes: list[str] = []
     if summary is None:
-        notes.append(f"no evaluation results ({summary_path} missing): quality sections are empty; "
-                     f"run `musicprod eval {experiment_dir.name}`")
+        notes.append(
+            f"no evaluation results ({summary_path} missing): quality sections are empty; "
+            f"run `musicprod eval {experiment_dir.name}`"
+        )
     if summary is not None and summary.get("limit"):
-        notes.append(f"evaluated on only the first {summary['limit']} items per task (eval.limit): a smoke test, "
-                     f"not a result; the confidence intervals are correspondingly wide")
+        notes.append(
+            f"evaluated on only the first {summary['limit']} items per task (eval.limit): a smoke test, "
+            f"not a result; the confidence intervals are correspondingly wide"
+        )
     name = (stages or {}).get("experiment") or (summary or {}).get("experiment") or experiment_dir.name
-    return Experiment(dir=experiment_dir, name=name, records=records, stages=stages, eval=summary,
-                      judges=load_judges(experiment_dir), human=load_human(experiment_dir, notes), notes=notes,
-                      eval_dev=dev)
+    return Experiment(
+        dir=experiment_dir,
+        name=name,
+        records=records,
+        stages=stages,
+        eval=summary,
+        judges=load_judges(experiment_dir),
+        human=load_human(experiment_dir, notes),
+        notes=notes,
+        eval_dev=dev,
+    )
 
 
 def load_generations(experiment_dir: Path, target: str) -> dict[str, dict]:

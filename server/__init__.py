@@ -2,6 +2,7 @@
 
 `create_app(engine, settings, blueprints=[...])` builds the Flask app; `server.main.serve` runs it under waitress.
 """
+
 from server.app import ServeSettings, create_app
 from server.engine import Engine, SamplingParams
 

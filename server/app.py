@@ -7,6 +7,7 @@ validate, tokenize, enqueue and wait.
 With a key set, every route but the probes (/health, /ready) needs it. Error bodies never carry exception text
 (it names files and memory figures); the log has the details, under the request id.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,11 +38,15 @@ def sampling_from_decoding(decoding: dict | None) -> tuple[dict, int | None]:
     if not decoding:
         return dict(DEFAULT_SAMPLING), None
     sampled = bool(decoding.get("do_sample"))
-    return ({"temperature": float(decoding.get("temperature", 0.0)) if sampled else 0.0,
-             "top_p": float(decoding.get("top_p", 1.0)) if sampled else 1.0,
-             "repetition_penalty": float(decoding.get("repetition_penalty", 1.0)),
-             "no_repeat_ngram_size": int(decoding.get("no_repeat_ngram_size", 0))},
-            decoding.get("max_new_tokens") or decoding.get("max_gen_toks"))
+    return (
+        {
+            "temperature": float(decoding.get("temperature", 0.0)) if sampled else 0.0,
+            "top_p": float(decoding.get("top_p", 1.0)) if sampled else 1.0,
+            "repetition_penalty": float(decoding.get("repetition_penalty", 1.0)),
+            "no_repeat_ngram_size": int(decoding.get("no_repeat_ngram_size", 0)),
+        },
+        decoding.get("max_new_tokens") or decoding.get("max_gen_toks"),
+    )
 
 
 OPEN_PATHS = ("/health", "/ready")  # probes: container health checks and load balancers send no key
@@ -68,23 +73,44 @@ class ServeSettings:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type_ or ERROR_TYPES.get(status, "server_error")
         self.headers = headers or {}
 
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-               429: "rate_limit_error", 499: "client_closed_request", 503: "server_unavailable",
-               504: "timeout_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "client_closed_request",
+    503: "server_unavailable",
+    504: "timeout_error",
+}
 
 
 def _error_response(status: int, message: str, type_: str | None = None, param=None, code=None, headers=None):
-    body = {"error": {"message": message, "type": type_ or ERROR_TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+    body = {
+        "error": {
+            "message": message,
+            "type": type_ or ERROR_TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
     resp = jsonify(body)
     resp.status_code = status
     for k, v in (headers or {}).items():
@@ -112,8 +138,9 @@ def _parse(model_cls):
         raise ApiError(400, f"{param or 'body'}: {first['msg']}{more}", param=param, code="invalid_value") from None
 
 
-def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: Metrics | None = None,
-               blueprints=()) -> Flask:
+def create_app(
+    engine: Engine, settings: ServeSettings | None = None, metrics: Metrics | None = None, blueprints=()
+) -> Flask:
     settings = settings or ServeSettings.from_env()
     metrics = metrics or engine.metrics or Metrics()
     engine.metrics = metrics
@@ -121,8 +148,9 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
     # No static folder, and a root inside the package: Flask's default root is the cwd, whose static/ it would
     # serve to anyone, key or not.
     app = Flask("musicprod-server", static_folder=None, root_path=str(Path(__file__).resolve().parent))
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, DEBUG=False, PROPAGATE_EXCEPTIONS=False,
-                      JSON_SORT_KEYS=False)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes, DEBUG=False, PROPAGATE_EXCEPTIONS=False, JSON_SORT_KEYS=False
+    )
     app.extensions["musicprod"] = {"engine": engine, "settings": settings, "metrics": metrics}
     created = int(time.time())
 
@@ -132,23 +160,38 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         g.t0 = time.perf_counter()
         g.streaming = False
         if not host_allowed(request.host, settings.allowed_hosts):
-            raise ApiError(400, f"Host {request.host!r} is not a name this server answers to (a DNS rebinding "
-                           "page?); start it with --allowed-host NAME to add one", code="untrusted_host")
+            raise ApiError(
+                400,
+                f"Host {request.host!r} is not a name this server answers to (a DNS rebinding "
+                "page?); start it with --allowed-host NAME to add one",
+                code="untrusted_host",
+            )
         if request.blueprint is None:  # blueprints (the rating UI) check their own tokens
             _check_key()
             _check_json_body()
 
     def _check_key() -> None:
-        if settings.api_key and request.path not in OPEN_PATHS and \
-                not same_secret(bearer_token(request.headers.get("Authorization")), settings.api_key):
-            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if (
+            settings.api_key
+            and request.path not in OPEN_PATHS
+            and not same_secret(bearer_token(request.headers.get("Authorization")), settings.api_key)
+        ):
+            raise ApiError(
+                401,
+                "missing or invalid API key (Authorization: Bearer <key>)",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def _check_json_body() -> None:
         # A browser sends text/plain and form bodies cross-site without asking (no CORS preflight); JSON it does not.
         if request.method == "POST" and request.mimetype != "application/json":
-            raise ApiError(415, f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
-                           param="Content-Type", code="unsupported_media_type")
+            raise ApiError(
+                415,
+                f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
+                param="Content-Type",
+                code="unsupported_media_type",
+            )
 
     def _endpoint_label() -> str:
         return request.url_rule.rule if request.url_rule else "unmatched"
@@ -178,8 +221,12 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
     # ---- shared generation path ----------------------------------------------------------------------------
     def _submit(prompt: str | None, messages: list | None, max_new: int, sampling: dict, param: str) -> Request:
         if max_new > settings.max_new_tokens_cap:
-            raise ApiError(400, f"{param} = {max_new} exceeds this server's cap of {settings.max_new_tokens_cap}",
-                           param=param, code="invalid_value")
+            raise ApiError(
+                400,
+                f"{param} = {max_new} exceeds this server's cap of {settings.max_new_tokens_cap}",
+                param=param,
+                code="invalid_value",
+            )
         try:
             ids = engine.encode_prompt(prompt, messages)
         except NotReady as e:
@@ -187,16 +234,20 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         if not ids:
             raise ApiError(400, "prompt is empty after tokenization", param="prompt", code="invalid_value")
         if len(ids) + max_new > engine.context_length:
-            raise ApiError(400, f"prompt ({len(ids)} tokens) + {param} ({max_new}) exceeds the context length "
-                           f"{engine.context_length}", param="messages" if messages else "prompt",
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"prompt ({len(ids)} tokens) + {param} ({max_new}) exceeds the context length {engine.context_length}",
+                param="messages" if messages else "prompt",
+                code="context_length_exceeded",
+            )
         metrics.prompt_tokens.inc(len(ids))
         params = SamplingParams(max_new_tokens=max_new, **sampling)
         try:
             return engine.submit(ids, params, settings.request_timeout_s)
         except QueueFull as e:
-            raise ApiError(429, f"{e}; retry later", code="queue_full",
-                           headers={"Retry-After": str(settings.retry_after_s)}) from None
+            raise ApiError(
+                429, f"{e}; retry later", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)}
+            ) from None
         except NotReady as e:
             raise ApiError(503, f"model not ready ({e})", headers={"Retry-After": "5"}) from None
 
@@ -224,10 +275,13 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         if ev.kind == "error":
             req.cancel()
             if ev.error == "timeout":
-                raise ApiError(504, f"generation did not finish within {settings.request_timeout_s} s",
-                               "timeout_error", code="timeout")
-            raise ApiError(500, f"generation failed (request {req.id}; the server log has the details)",
-                           "server_error")
+                raise ApiError(
+                    504,
+                    f"generation did not finish within {settings.request_timeout_s} s",
+                    "timeout_error",
+                    code="timeout",
+                )
+            raise ApiError(500, f"generation failed (request {req.id}; the server log has the details)", "server_error")
         return ev
 
     def _collect(req: Request) -> tuple[str, list, str]:
@@ -244,8 +298,10 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
 
     def _sampling(body) -> dict:
         """The request's decoding knobs, each falling back to the served model's evaluated setting."""
-        return {k: default if getattr(body, k) is None else getattr(body, k)
-                for k, default in settings.default_sampling.items()}
+        return {
+            k: default if getattr(body, k) is None else getattr(body, k)
+            for k, default in settings.default_sampling.items()
+        }
 
     # ---- endpoints -----------------------------------------------------------------------------------------
     @app.get("/health")
@@ -254,23 +310,34 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
 
     @app.get("/ready")
     def ready():
-        return jsonify({"ready": engine.ready, "model": engine.model_id if engine.loaded else None}), \
-            (200 if engine.ready else 503)
+        return jsonify({"ready": engine.ready, "model": engine.model_id if engine.loaded else None}), (
+            200 if engine.ready else 503
+        )
 
     @app.get("/info")
     def info():
         """What /ready leaves out for unauthenticated callers: folders, load settings and timings, the load error."""
-        return jsonify({"ready": engine.ready, "model": engine.model_id if engine.loaded else None,
-                        "error": engine.load_error, "load_info": engine.loaded.load_info if engine.loaded else None})
+        return jsonify(
+            {
+                "ready": engine.ready,
+                "model": engine.model_id if engine.loaded else None,
+                "error": engine.load_error,
+                "load_info": engine.loaded.load_info if engine.loaded else None,
+            }
+        )
 
     @app.get("/metrics")
     def prometheus():
-        return Response(metrics.render(), mimetype=metrics.content_type.split(";")[0],
-                        headers={"Content-Type": metrics.content_type})
+        return Response(
+            metrics.render(),
+            mimetype=metrics.content_type.split(";")[0],
+            headers={"Content-Type": metrics.content_type},
+        )
 
     @app.get("/openapi.json")
     def openapi():
         from server.openapi import build_spec
+
         return jsonify(build_spec(settings, engine.model_id if engine.loaded else None))
 
     @app.post("/generate")
@@ -282,28 +349,51 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
         max_new = body.max_new_tokens if "max_new_tokens" in body.model_fields_set else settings.default_max_new_tokens
         req = _submit(body.prompt, messages, max_new, sampling, "max_new_tokens")
         text, _, finish = _collect(req)
-        return jsonify({"text": text, "model": engine.model_id, "finish_reason": finish,
-                        "usage": {"prompt_tokens": len(req.prompt_ids), "completion_tokens": req.completion_tokens,
-                                  "total_tokens": len(req.prompt_ids) + req.completion_tokens},
-                        "latency_ms": round((time.perf_counter() - t0) * 1000, 1)})
+        return jsonify(
+            {
+                "text": text,
+                "model": engine.model_id,
+                "finish_reason": finish,
+                "usage": {
+                    "prompt_tokens": len(req.prompt_ids),
+                    "completion_tokens": req.completion_tokens,
+                    "total_tokens": len(req.prompt_ids) + req.completion_tokens,
+                },
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+            }
+        )
 
     @app.get("/v1/models")
     def models():
         if not engine.loaded:
             raise ApiError(503, "model not ready", headers={"Retry-After": "5"})
-        return jsonify({"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": created,
-                                                    "owned_by": "musicprod"}]})
+        return jsonify(
+            {
+                "object": "list",
+                "data": [{"id": engine.model_id, "object": "model", "created": created, "owned_by": "musicprod"}],
+            }
+        )
 
     @app.post("/v1/chat/completions")
     def chat_completions():
         body = _parse(schemas.ChatCompletionRequest)
         if engine.loaded and body.model != engine.model_id:
-            raise ApiError(404, f"model {body.model!r} does not exist; this server serves {engine.model_id!r}",
-                           "invalid_request_error", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {body.model!r} does not exist; this server serves {engine.model_id!r}",
+                "invalid_request_error",
+                param="model",
+                code="model_not_found",
+            )
         max_new = body.max_completion_tokens or body.max_tokens or settings.default_max_new_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        sampling = dict(**_sampling(body), stop=_stops(body.stop), seed=body.seed, logprobs=body.logprobs,
-                        top_logprobs=body.top_logprobs or 0)
+        sampling = dict(
+            **_sampling(body),
+            stop=_stops(body.stop),
+            seed=body.seed,
+            logprobs=body.logprobs,
+            top_logprobs=body.top_logprobs or 0,
+        )
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         req = _submit(None, messages, max_new, sampling, param)
         completion_id = f"chatcmpl-{req.id}"
@@ -311,23 +401,45 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _stream(req, completion_id, body.logprobs, include_usage)
         text, logprobs, finish = _collect(req)
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                  "logprobs": {"content": logprobs} if body.logprobs else None}
-        return jsonify({"id": completion_id, "object": "chat.completion", "created": int(time.time()),
-                        "model": engine.model_id, "choices": [choice],
-                        "usage": {"prompt_tokens": len(req.prompt_ids), "completion_tokens": req.completion_tokens,
-                                  "total_tokens": len(req.prompt_ids) + req.completion_tokens}})
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish,
+            "logprobs": {"content": logprobs} if body.logprobs else None,
+        }
+        return jsonify(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": engine.model_id,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": len(req.prompt_ids),
+                    "completion_tokens": req.completion_tokens,
+                    "total_tokens": len(req.prompt_ids) + req.completion_tokens,
+                },
+            }
+        )
 
     def _stream(req: Request, completion_id: str, want_logprobs: bool, include_usage: bool) -> Response:
         first = _next_event(req)  # a request that times out before its first token still gets a real 504
         g.streaming = True
         label, t0 = _endpoint_label(), g.t0
-        base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": engine.model_id}
+        base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": engine.model_id,
+        }
 
         def chunk(delta: dict, finish=None, logprobs=None) -> str:
-            choice = {"index": 0, "delta": delta, "logprobs": {"content": logprobs} if want_logprobs and logprobs
-                      else None, "finish_reason": finish}
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": {"content": logprobs} if want_logprobs and logprobs else None,
+                "finish_reason": finish,
+            }
             return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
 
         def events():
@@ -348,8 +460,11 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
                         yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.type, 'code': e.code}})}\n\n"
                         break
                 if include_usage:
-                    usage = {"prompt_tokens": len(req.prompt_ids), "completion_tokens": req.completion_tokens,
-                             "total_tokens": len(req.prompt_ids) + req.completion_tokens}
+                    usage = {
+                        "prompt_tokens": len(req.prompt_ids),
+                        "completion_tokens": req.completion_tokens,
+                        "total_tokens": len(req.prompt_ids) + req.completion_tokens,
+                    }
                     yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"
             finally:  # also runs when the client goes away: stop generating for it
@@ -357,8 +472,11 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, metrics: M
                 metrics.requests.labels(label, status).inc()
                 metrics.latency.labels(label).observe(time.perf_counter() - t0)
 
-        return Response(stream_with_context(events()), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return Response(
+            stream_with_context(events()),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     for bp in blueprints:
         app.register_blueprint(bp)

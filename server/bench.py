@@ -5,6 +5,7 @@ subprocess is started and driven by closed-loop clients at each concurrency leve
 exactly --new-tokens tokens (ignore_eos), so tokens/s compare like for like. llama.cpp (llama-cpp-python, the
 same GGUF the base model was prepared from, no adapter) gives a reference figure when it is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,18 +17,27 @@ import requests
 
 from server.process import ServerProcess
 
-QUESTIONS = ["How do I set the attack time on a bus compressor?", "What does a high-pass filter do in a mix?",
-             "Explain sidechain compression in Ableton Live.", "How loud should a master be for streaming?",
-             "Wie stelle ich einen Limiter richtig ein?", "What is the difference between EQ cuts and boosts?",
-             "How do I make a punchy kick drum?", "What is parallel compression?"]
+QUESTIONS = [
+    "How do I set the attack time on a bus compressor?",
+    "What does a high-pass filter do in a mix?",
+    "Explain sidechain compression in Ableton Live.",
+    "How loud should a master be for streaming?",
+    "Wie stelle ich einen Limiter richtig ein?",
+    "What is the difference between EQ cuts and boosts?",
+    "How do I make a punchy kick drum?",
+    "What is parallel compression?",
+]
 
 
 def parse(args: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="musicprod bench serve", description=__doc__)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--experiment", default=None, help="serve runs/<EXPERIMENT>/champion.json")
-    what.add_argument("--adapter", default=None, help="serve this adapter (default: the default experiment's champion, "
-                                                      "else runs/default/hf-lora/adapter)")
+    what.add_argument(
+        "--adapter",
+        default=None,
+        help="serve this adapter (default: the default experiment's champion, else runs/default/hf-lora/adapter)",
+    )
     what.add_argument("--base", action="store_true", help="serve the plain base model")
     p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--new-tokens", type=int, default=64)
@@ -41,6 +51,7 @@ def parse(args: list[str]) -> argparse.Namespace:
 
 def _target_args(ns) -> list[str]:
     from pathlib import Path
+
     if ns.adapter:
         return ["--adapter", ns.adapter]
     if ns.base:
@@ -51,8 +62,13 @@ def _target_args(ns) -> list[str]:
 
 
 def _one(url: str, i: int, new_tokens: int) -> tuple[float, int, int]:
-    body = {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], "max_new_tokens": new_tokens,
-            "ignore_eos": True, "temperature": 0.7, "seed": i}
+    body = {
+        "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+        "max_new_tokens": new_tokens,
+        "ignore_eos": True,
+        "temperature": 0.7,
+        "seed": i,
+    }
     t0 = time.perf_counter()
     r = requests.post(f"{url}/generate", json=body, timeout=600)
     return time.perf_counter() - t0, r.status_code, r.json().get("usage", {}).get("completion_tokens", 0)
@@ -68,9 +84,14 @@ def measure_level(url: str, concurrency: int, n_requests: int, new_tokens: int) 
         results = list(pool.map(lambda i: _one(url, i, new_tokens), range(n_requests)))
     wall = time.perf_counter() - t0
     latencies = [r[0] for r in results]
-    return {"c": concurrency, "n": n_requests, "p50_s": _percentile(latencies, 50),
-            "p95_s": _percentile(latencies, 95), "tokens_per_s": sum(r[2] for r in results) / wall,
-            "errors": sum(r[1] != 200 for r in results)}
+    return {
+        "c": concurrency,
+        "n": n_requests,
+        "p50_s": _percentile(latencies, 50),
+        "p95_s": _percentile(latencies, 95),
+        "tokens_per_s": sum(r[2] for r in results) / wall,
+        "errors": sum(r[1] != 200 for r in results),
+    }
 
 
 def bench_llamacpp(new_tokens: int, threads: int, n: int = 4) -> dict | None:
@@ -103,8 +124,18 @@ def main(args: list[str]) -> int:
     rows, load_info = [], None
     for mode in modes:
         batch = ns.max_batch if mode == "on" else 1
-        server_args = [*_target_args(ns), *threads, "--max-batch", str(batch), "--queue-size", "256",
-                       "--max-new-tokens-cap", str(max(ns.new_tokens, 256)), "--timeout-s", "600"]
+        server_args = [
+            *_target_args(ns),
+            *threads,
+            "--max-batch",
+            str(batch),
+            "--queue-size",
+            "256",
+            "--max-new-tokens-cap",
+            str(max(ns.new_tokens, 256)),
+            "--timeout-s",
+            "600",
+        ]
         with ServerProcess(server_args, log_path=f"/tmp/musicprod-bench-serve-{mode}.log") as srv:
             load_info = srv.load_info
             measure_level(srv.url, 1, 1, 8)  # warm-up
@@ -113,23 +144,32 @@ def main(args: list[str]) -> int:
                 row = measure_level(srv.url, c, n, ns.new_tokens)
                 row["mode"] = mode
                 rows.append(row)
-                print(f"  batching {mode:3s} c={c:<3d} n={n:<3d} p50 {row['p50_s']:.2f} s  p95 {row['p95_s']:.2f} s  "
-                      f"{row['tokens_per_s']:.1f} tok/s  errors {row['errors']}", flush=True)
-    print(f"\nbench serve: {load_info['model_id']} ({load_info['source']}), dtype {load_info['dtype']}, "
-          f"LoRA {load_info['merge']}, start-up speed check tok/s {load_info.get('speed_tokens_per_s')}, "
-          f"{ns.new_tokens} new tokens per request (ignore_eos), closed-loop clients over HTTP")
+                print(
+                    f"  batching {mode:3s} c={c:<3d} n={n:<3d} p50 {row['p50_s']:.2f} s  p95 {row['p95_s']:.2f} s  "
+                    f"{row['tokens_per_s']:.1f} tok/s  errors {row['errors']}",
+                    flush=True,
+                )
+    print(
+        f"\nbench serve: {load_info['model_id']} ({load_info['source']}), dtype {load_info['dtype']}, "
+        f"LoRA {load_info['merge']}, start-up speed check tok/s {load_info.get('speed_tokens_per_s')}, "
+        f"{ns.new_tokens} new tokens per request (ignore_eos), closed-loop clients over HTTP"
+    )
     print(f"{'batching':9s} {'c':>3s} {'n':>4s} {'p50 s':>7s} {'p95 s':>7s} {'tok/s':>8s} {'x c=1':>6s} {'errors':>6s}")
     for mode in modes:
         base = next((r["tokens_per_s"] for r in rows if r["mode"] == mode and r["c"] == 1), None)
         for r in (r for r in rows if r["mode"] == mode):
             ratio = f"{r['tokens_per_s'] / base:.2f}" if base else "-"
-            print(f"{mode:9s} {r['c']:3d} {r['n']:4d} {r['p50_s']:7.2f} {r['p95_s']:7.2f} {r['tokens_per_s']:8.1f} "
-                  f"{ratio:>6s} {r['errors']:6d}")
+            print(
+                f"{mode:9s} {r['c']:3d} {r['n']:4d} {r['p50_s']:7.2f} {r['p95_s']:7.2f} {r['tokens_per_s']:8.1f} "
+                f"{ratio:>6s} {r['errors']:6d}"
+            )
     if llama:
         ours = next((r for r in rows if r["c"] == 1), None)
         ratio = f"{ours['tokens_per_s'] / llama['tokens_per_s']:.2f}" if ours else "-"
-        print(f"llama.cpp (llama-cpp-python, same GGUF, no adapter, in-process, c=1): p50 {llama['p50_s']:.2f} s, "
-              f"{llama['tokens_per_s']:.1f} tok/s; this server at c=1 / llama.cpp = {ratio}")
+        print(
+            f"llama.cpp (llama-cpp-python, same GGUF, no adapter, in-process, c=1): p50 {llama['p50_s']:.2f} s, "
+            f"{llama['tokens_per_s']:.1f} tok/s; this server at c=1 / llama.cpp = {ratio}"
+        )
     else:
         print("llama.cpp: not measured (llama-cpp-python not installed or --no-llamacpp)")
     return 0 if not any(r["errors"] for r in rows) else 1

@@ -11,6 +11,7 @@ the largest max_new_tokens, so one long request would make every row pay its pre
 exhaust memory (on CPU the kernel kills the process). A request that does not fit waits for the next batch, first
 in line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,6 +78,7 @@ class _Row:
 
     def __init__(self, req: Request, eos_ids: set[int]):
         import torch
+
         self.req = req
         self.p = req.params
         self.eos_ids = set() if self.p.ignore_eos else eos_ids
@@ -84,8 +86,9 @@ class _Row:
         self.emitted = 0  # characters of the decoded completion already sent
         self.pending_logprobs: list[dict] = []
         self.hold = max((len(s) for s in self.p.stop), default=1) - 1
-        self.generator = torch.Generator().manual_seed(self.p.seed if self.p.seed is not None
-                                                       else int.from_bytes(uuid.uuid4().bytes[:6], "big"))
+        self.generator = torch.Generator().manual_seed(
+            self.p.seed if self.p.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6], "big")
+        )
 
 
 def kv_tokens(batch: list[Request]) -> int:
@@ -98,8 +101,15 @@ def _expired(req: Request) -> bool:
 
 
 class Engine:
-    def __init__(self, *, max_queue: int = 64, max_batch: int = 16, batch_window_ms: float = 5.0,
-                 max_batch_tokens: int = 16384, metrics=None):
+    def __init__(
+        self,
+        *,
+        max_queue: int = 64,
+        max_batch: int = 16,
+        batch_window_ms: float = 5.0,
+        max_batch_tokens: int = 16384,
+        metrics=None,
+    ):
         self.max_queue = max_queue
         self.max_batch = max(1, max_batch)
         self.batch_window_s = batch_window_ms / 1000.0
@@ -248,6 +258,7 @@ class Engine:
 
     def _generate(self, batch: list[Request]) -> None:
         import torch
+
         model, tok = self.loaded.model, self.loaded.tokenizer
         rows = [_Row(r, self.eos_ids) for r in batch]
         pad = tok.pad_token_id
@@ -256,15 +267,22 @@ class Engine:
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # left padding: every row's last prompt token sits in the last column
             n = len(r.req.prompt_ids)
-            input_ids[i, width - n:] = torch.tensor(r.req.prompt_ids)
-            attention[i, width - n:] = 1
+            input_ids[i, width - n :] = torch.tensor(r.req.prompt_ids)
+            attention[i, width - n :] = 1
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         from transformers import DynamicCache
+
         cache = DynamicCache(config=model.config)
         self.active_rows = len(rows)
         with torch.inference_mode():
-            out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             next_pos = positions[:, -1:] + 1
             while rows:
                 logits = out.logits[:, -1, :].float()
@@ -280,8 +298,13 @@ class Engine:
                     step_tokens = [step_tokens[i] for i in keep]
                     self.active_rows = len(rows)
                 attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-                out = model(input_ids=torch.tensor(step_tokens).unsqueeze(1), attention_mask=attention,
-                            position_ids=next_pos, past_key_values=cache, use_cache=True)
+                out = model(
+                    input_ids=torch.tensor(step_tokens).unsqueeze(1),
+                    attention_mask=attention,
+                    position_ids=next_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
                 next_pos = next_pos + 1
 
     def _step_row(self, row: _Row, logits) -> int:
@@ -289,11 +312,13 @@ class Engine:
         import torch
 
         from harness.eval.generation import penalize_repeats
+
         p = row.p
         if row.tokens and (p.repetition_penalty != 1.0 or p.no_repeat_ngram_size):
             # the evaluation's own repetition control, so served answers are the measured ones
-            logits = penalize_repeats(logits.unsqueeze(0), torch.tensor([row.tokens]), p.repetition_penalty,
-                                      p.no_repeat_ngram_size)[0]
+            logits = penalize_repeats(
+                logits.unsqueeze(0), torch.tensor([row.tokens]), p.repetition_penalty, p.no_repeat_ngram_size
+            )[0]
         # Extreme but valid request values (a repetition penalty near 0 or huge, a tiny temperature) can push logits
         # to +-inf; +inf would make softmax NaN, so overflow is clamped to the largest finite value.
         logits = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
@@ -320,6 +345,7 @@ class Engine:
 
     def _logprob_entry(self, logits, token: int, top_n: int) -> dict:
         import torch
+
         logp = torch.log_softmax(logits, dim=-1)  # the model's own distribution, before temperature/top-p
         entry = self._token_entry(token, float(logp[token]))
         entry["top_logprobs"] = []
@@ -346,7 +372,7 @@ class Engine:
         if cut is not None:
             text, finish = text[:cut], "stop"
         if finish:
-            self._emit(row, text[row.emitted:])
+            self._emit(row, text[row.emitted :])
             req.events.put(Event("done", finish_reason=finish))
             return True
         # Hold back what could be the start of a stop string or half of a multi-byte character.
@@ -354,7 +380,7 @@ class Engine:
         if text.endswith("\ufffd"):
             safe = min(safe, len(text) - 1)
         if safe > row.emitted:
-            self._emit(row, text[row.emitted:safe])
+            self._emit(row, text[row.emitted : safe])
             row.emitted = safe
         return False
 

@@ -5,6 +5,7 @@ the model dirs); every path from champion.json, adapter_config.json or the comma
 and '..' included) and checked against those roots before anything is read from it, and so is every file inside
 the folder: a weights file may itself be a symlink out of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ class ServeTarget:
 @dataclass
 class Roots:
     """Folders the server may read models and adapters from."""
+
     runs_dir: Path
     model_dirs: list[Path] = field(default_factory=list)
 
@@ -50,8 +52,10 @@ class Roots:
 
     def _outside(self, shown: str, resolved: Path, what: str, origin: str) -> ServeError:
         allowed = ", ".join(str(r) for r in self.all())
-        return ServeError(f"{origin}: {what} {shown!r} resolves to {resolved}, outside the allowed directories "
-                          f"({allowed}); add its parent with --model-dir if it is trusted")
+        return ServeError(
+            f"{origin}: {what} {shown!r} resolves to {resolved}, outside the allowed directories "
+            f"({allowed}); add its parent with --model-dir if it is trusted"
+        )
 
     def check(self, path: str | Path, what: str, origin: str) -> Path:
         resolved = Path(path).expanduser().resolve()
@@ -67,6 +71,7 @@ class Roots:
 
 def make_roots(runs_dir: str | Path, model_dirs: list[str] | None, cache_dir: str) -> Roots:
     from harness.models import cache_root
+
     dirs = [Path(d).expanduser().resolve() for d in (model_dirs or [])]
     dirs.append(cache_root(cache_dir).resolve())
     return Roots(Path(runs_dir).expanduser().resolve(), dirs)
@@ -74,17 +79,20 @@ def make_roots(runs_dir: str | Path, model_dirs: list[str] | None, cache_dir: st
 
 def _prepared_base(name: str, cache_dir: str) -> str:
     from harness.models import prepare
+
     return prepare(name, cache_dir).path
 
 
-def resolve_base(base_model: str | None, base_model_path: str | None, roots: Roots, cache_dir: str,
-                 origin: str) -> tuple[str, str]:
+def resolve_base(
+    base_model: str | None, base_model_path: str | None, roots: Roots, cache_dir: str, origin: str
+) -> tuple[str, str]:
     """(name, local folder) of the base model: the recorded folder when it exists, else prepared by name."""
     if base_model_path and Path(base_model_path).expanduser().is_dir():
         try:
             return base_model or base_model_path, str(roots.check(base_model_path, "base_model_path", origin))
         except ServeError:
             from harness.registry import get_base_model
+
             if get_base_model(Path(base_model_path).name) is None:
                 raise  # not a prepared registry model: refuse rather than read an unconfigured folder
             return resolve_base(Path(base_model_path).name, None, roots, cache_dir, origin)
@@ -92,11 +100,14 @@ def resolve_base(base_model: str | None, base_model_path: str | None, roots: Roo
     if Path(name).expanduser().is_dir():
         return name, str(roots.check(name, "base_model", origin))
     from harness.registry import get_base_model
+
     if get_base_model(name) is None and get_base_model(Path(name).name) is not None:
         name = Path(name).name  # a prepared folder recorded on another machine (e.g. outside a container)
     if get_base_model(name) is None:
-        raise ServeError(f"{origin}: base model {name!r} is neither a prepared folder nor a registry model "
-                         "(the server is offline and loads no hub ids)")
+        raise ServeError(
+            f"{origin}: base model {name!r} is neither a prepared folder nor a registry model "
+            "(the server is offline and loads no hub ids)"
+        )
     return name, str(roots.check(_prepared_base(name, cache_dir), "prepared base model", origin))
 
 
@@ -124,8 +135,9 @@ def from_champion(experiment: str, roots: Roots, cache_dir: str) -> ServeTarget:
         # Relative adapter paths are relative to the repo root (the runs dir's parent), as in run.json.
         candidate = Path(adapter) if Path(adapter).is_absolute() else roots.runs_dir.parent / adapter
         adapter_dir = str(roots.check(candidate, "adapter_path", str(path)))
-    return ServeTarget(f"{champ.get('experiment', experiment)}/{champ['system']}", name, base_path, adapter_dir,
-                       str(path), champ)
+    return ServeTarget(
+        f"{champ.get('experiment', experiment)}/{champ['system']}", name, base_path, adapter_dir, str(path), champ
+    )
 
 
 def from_adapter(adapter: str, roots: Roots, cache_dir: str, base_model: str | None = None) -> ServeTarget:
@@ -134,8 +146,9 @@ def from_adapter(adapter: str, roots: Roots, cache_dir: str, base_model: str | N
     if not config_file.is_file():
         raise ServeError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter folder)")
     recorded = json.loads(config_file.read_text()).get("base_model_name_or_path")
-    name, base_path = resolve_base(base_model or recorded, None if base_model else recorded, roots, cache_dir,
-                                   str(config_file))
+    name, base_path = resolve_base(
+        base_model or recorded, None if base_model else recorded, roots, cache_dir, str(config_file)
+    )
     system = adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name
     experiment = adapter_dir.parent.parent.name if adapter_dir.name == "adapter" else "adapter"
     return ServeTarget(f"{experiment}/{system}", name, base_path, str(adapter_dir), f"--adapter {adapter}")
@@ -156,13 +169,19 @@ class LoadedModel:
 def _tokens_per_s(model, tokenizer, n_tokens: int = 16, repeats: int = 2) -> float:
     """Greedy generation speed for one short prompt: the better of `repeats` runs (the machine is shared)."""
     import torch
+
     ids = tokenizer("Explain sidechain compression in one paragraph.", return_tensors="pt")
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **ids,
+                max_new_tokens=n_tokens,
+                min_new_tokens=n_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         n = out.shape[1] - ids["input_ids"].shape[1]
         best = max(best, n / (time.perf_counter() - t0))
     return round(best, 1)
@@ -172,11 +191,18 @@ def load_model(target: ServeTarget, dtype: str = "bfloat16", merge: str = "auto"
     """Load base (+ adapter). merge: 'auto' measures attached vs merged generation speed and keeps the faster,
     'yes' merges (merge_and_unload), 'no' keeps the LoRA layers attached."""
     from harness.models import load_for_inference
+
     t0 = time.perf_counter()
     model, tokenizer = load_for_inference(target.base_model_path, target.adapter_path, dtype, merge == "yes")
-    info: dict = {"model_id": target.model_id, "base_model": target.base_model,
-                  "base_model_path": target.base_model_path, "adapter_path": target.adapter_path,
-                  "source": target.source, "dtype": dtype, "merge": None}
+    info: dict = {
+        "model_id": target.model_id,
+        "base_model": target.base_model,
+        "base_model_path": target.base_model_path,
+        "adapter_path": target.adapter_path,
+        "source": target.source,
+        "dtype": dtype,
+        "merge": None,
+    }
     if target.adapter_path and merge == "auto":
         attached = _tokens_per_s(model, tokenizer)
         model.merge_adapter()  # weights merged in place, LoRA layers still there (reversible)

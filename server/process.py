@@ -1,4 +1,5 @@
 """Start `musicprod serve` in a subprocess on 127.0.0.1 and wait until it is ready (tests and benchmarks)."""
+
 from __future__ import annotations
 
 import os
@@ -18,16 +19,26 @@ _URL = re.compile(r"listening on (http://\S+)")
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], env: dict | None = None, ready_timeout_s: float = 300.0,
-                 log_path: str | Path | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        env: dict | None = None,
+        ready_timeout_s: float = 300.0,
+        log_path: str | Path | None = None,
+    ):
         full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
         key = full_env.get(API_KEY_ENV)
         self.auth = {"Authorization": f"Bearer {key}"} if key else {}
         self.log_path = Path(log_path) if log_path else None
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--host", "127.0.0.1",
-                                      "--port", "0", *args], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         match = _URL.search(line)
         if not match:

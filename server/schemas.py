@@ -2,6 +2,7 @@
 
 Strict mode: JSON types are not coerced ("5" is not an int, true is not a number), so wrong types are 400s.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -37,8 +38,11 @@ def text(**limits):
 
 _StopStr = text(min_length=1, max_length=MAX_STOP_CHARS)
 StopField = _StopStr | Annotated[list[_StopStr], Field(max_length=4)] | None
-_STOP = Field(None, description=f"Up to 4 strings of at most {MAX_STOP_CHARS} characters; generation stops before "
-                                "the first one (not included).")
+_STOP = Field(
+    None,
+    description=f"Up to 4 strings of at most {MAX_STOP_CHARS} characters; generation stops before "
+    "the first one (not included).",
+)
 
 
 class Message(BaseModel):
@@ -57,13 +61,20 @@ def _check_stop(stop) -> list[str]:
 
 class GenerateRequest(BaseModel):
     """`POST /generate`: exactly one of `prompt` (raw text, no chat template) or `messages` (chat template)."""
-    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={
-        "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+    )
     prompt: text(min_length=1, max_length=200_000) | None = Field(None, description="Raw prompt text.")
-    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_MESSAGES,
-                                           description="Chat messages (chat template applied).")
-    max_new_tokens: Int = Field(256, ge=1, description="Tokens to generate at most (server hard cap applies; "
-                                "default: the served model's evaluated setting).")
+    messages: list[Message] | None = Field(
+        None, min_length=1, max_length=MAX_MESSAGES, description="Chat messages (chat template applied)."
+    )
+    max_new_tokens: Int = Field(
+        256,
+        ge=1,
+        description="Tokens to generate at most (server hard cap applies; "
+        "default: the served model's evaluated setting).",
+    )
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy (default: as evaluated).")
     top_p: float | None = Field(None, gt=0, le=1, description="Default: as evaluated.")
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Default: as evaluated.")
@@ -101,6 +112,7 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     """OpenAI `POST /v1/chat/completions`. Unknown fields are ignored like OpenAI-compatible servers do."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
     model: text(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)

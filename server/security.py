@@ -1,4 +1,5 @@
 """Checks shared by the API server and the rating UI: bind addresses, Host headers, bearer tokens, headers."""
+
 from __future__ import annotations
 
 import hmac

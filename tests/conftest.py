@@ -18,10 +18,17 @@ def private_cache(tmp_path_factory):
 
 def make_rows(n: int = 24) -> list[dict]:
     topics = ["mixing", "mastering", "ableton"]
-    return [{"id": f"t-{i:03d}", "lang": "de" if i % 4 == 0 else "en", "topic": topics[i % 3],
-             "instruction": f"How should I set the compressor ratio for source {i}?",
-             "response": "A ratio of 4:1 means every 4 dB above the threshold comes out as 1 dB. "
-                         "Use 2:1 for gentle bus glue and 8:1 or more for peaky sources."} for i in range(n)]
+    return [
+        {
+            "id": f"t-{i:03d}",
+            "lang": "de" if i % 4 == 0 else "en",
+            "topic": topics[i % 3],
+            "instruction": f"How should I set the compressor ratio for source {i}?",
+            "response": "A ratio of 4:1 means every 4 dB above the threshold comes out as 1 dB. "
+            "Use 2:1 for gentle bus glue and 8:1 or more for peaky sources.",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -35,6 +42,7 @@ def tiny_dataset(tmp_path) -> Path:
 def model_cache(tmp_path_factory) -> str:
     """The real prepared SmolLM2 (converted once per session; reuses the user's cache when present)."""
     from harness.models import prepare
+
     cache = os.environ.get("MUSICPROD_TEST_MODEL_CACHE", os.path.expanduser("~/.cache/musicprod/models"))
     prepare("smollm2-135m-instruct", cache, progress=False)
     return cache
@@ -48,11 +56,21 @@ def tiny_model_dir(tmp_path_factory, model_cache) -> Path:
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     out = tmp_path_factory.mktemp("tiny-llama")

@@ -1,5 +1,6 @@
 """Checkpoints: a training run killed with SIGKILL resumes from its newest checkpoint and ends with the loss curve
 of an uninterrupted run; a checkpoint is an evaluation target (SYSTEM@STEP)."""
+
 import json
 import os
 import signal
@@ -17,16 +18,33 @@ STEPS = 40
 
 def _overrides(tmp_path, tiny_model_dir, tiny_dataset, name):
     # fp32 and a constant rate: the resumed run must repeat the uninterrupted one to rounding, not to bf16 noise
-    return [f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"model.name={tiny_model_dir}",
-            f"data.train_path={tiny_dataset}", f"train.max_steps={STEPS}", "train.logging_steps=1",
-            "train.batch_size=2", "train.save_steps=4", "train.bf16=false", "train.compile=false",
-            "train.lr_scheduler=constant", "train.warmup_ratio=0", "data.validation_fraction=0.2"]
+    return [
+        f"runs_dir={tmp_path / 'runs'}",
+        f"name={name}",
+        f"model.name={tiny_model_dir}",
+        f"data.train_path={tiny_dataset}",
+        f"train.max_steps={STEPS}",
+        "train.logging_steps=1",
+        "train.batch_size=2",
+        "train.save_steps=4",
+        "train.bf16=false",
+        "train.compile=false",
+        "train.lr_scheduler=constant",
+        "train.warmup_ratio=0",
+        "data.validation_fraction=0.2",
+    ]
 
 
 def _train(args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "train", "hf-lora", *args], cwd=REPO, env=env,
-                            stdout=open(os.environ.get("CKPT_LOG", os.devnull), "a"), stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "train", "hf-lora", *args],
+        cwd=REPO,
+        env=env,
+        stdout=open(os.environ.get("CKPT_LOG", os.devnull), "a"),
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 def _curve(tmp_path, name):
@@ -69,11 +87,21 @@ def test_killed_run_resumes_with_the_uninterrupted_loss_curve(tmp_path, tiny_mod
 def test_a_checkpoint_is_an_evaluation_target(tmp_path, tiny_model_dir, tiny_dataset):
     from harness.config import experiment_config
     from harness.eval.run import EvalError, run_eval
+
     args = [*_overrides(tmp_path, tiny_model_dir, tiny_dataset, "ckpt"), "train.max_steps=8"]
     assert _train(args).wait(timeout=600) == 0
     exp = tmp_path / "runs" / "ckpt"
-    settings = experiment_config(exp, ["eval.limit=2", "eval.decoding.max_new_tokens=3", "eval.batch_size=2",
-                                       "eval.dtype=float32", "eval.split=dev", "eval.bootstrap_resamples=200"]).eval
+    settings = experiment_config(
+        exp,
+        [
+            "eval.limit=2",
+            "eval.decoding.max_new_tokens=3",
+            "eval.batch_size=2",
+            "eval.dtype=float32",
+            "eval.split=dev",
+            "eval.bootstrap_resamples=200",
+        ],
+    ).eval
     summary = run_eval(exp, settings, only=["base", "hf-lora@4"])
     assert summary["split"] == "dev" and set(summary["targets"]) >= {"base", "hf-lora@4"}
     assert (exp / "eval-dev" / "hf-lora@4" / "generations.jsonl").exists()

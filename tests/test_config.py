@@ -19,17 +19,20 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.train.max_length == 512  # untouched default
 
 
-@pytest.mark.parametrize("override, message", [
-    (["train.learning_rat=1"], "unknown key 'learning_rat'"),
-    (["nope.x=1"], "unknown key 'nope'"),
-    (["train.batch_size=two"], "train.batch_size: expected int"),
-    (["train.batch_size=1.5"], "train.batch_size: expected an integer"),
-    (["train.bf16=maybe"], "train.bf16: expected true/false"),
-    (["systems=[hf-lora,magic-lora]"], "unknown system 'magic-lora'"),
-    (["train.batch_size=0"], "train.batch_size: must be >= 1"),
-    (["quant.quant_type=int3"], "quant.quant_type"),
-    (["train.batch_size"], "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["train.learning_rat=1"], "unknown key 'learning_rat'"),
+        (["nope.x=1"], "unknown key 'nope'"),
+        (["train.batch_size=two"], "train.batch_size: expected int"),
+        (["train.batch_size=1.5"], "train.batch_size: expected an integer"),
+        (["train.bf16=maybe"], "train.bf16: expected true/false"),
+        (["systems=[hf-lora,magic-lora]"], "unknown system 'magic-lora'"),
+        (["train.batch_size=0"], "train.batch_size: must be >= 1"),
+        (["quant.quant_type=int3"], "quant.quant_type"),
+        (["train.batch_size"], "expected key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, override)
@@ -52,9 +55,14 @@ def test_every_field_has_help():
     assert len(rows) > 20 and all(help_text for _, _, help_text in rows)
 
 
-@pytest.mark.parametrize("argv", [["eval", "exp", "--only", "base", "eval.batch_size=64"],
-                                  ["eval", "--only", "base", "exp", "eval.batch_size=64"],
-                                  ["eval", "exp", "eval.batch_size=64", "--only", "base"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "exp", "--only", "base", "eval.batch_size=64"],
+        ["eval", "--only", "base", "exp", "eval.batch_size=64"],
+        ["eval", "exp", "eval.batch_size=64", "--only", "base"],
+    ],
+)
 def test_cli_takes_overrides_before_or_after_options(monkeypatch, argv):
     from harness import cli
 

@@ -24,15 +24,18 @@ def corrupt(index, **change):
     return rows
 
 
-@pytest.mark.parametrize("rows, expected", [
-    (corrupt(3, response=None), ["record 3", "missing field 'response'"]),
-    (corrupt(2, instruction="   "), ["record 2", "'instruction' is empty"]),
-    (corrupt(4, topic=7), ["record 4", "'topic' must be a string", "int"]),
-    (corrupt(1, lang="fr"), ["record 1", "'lang'"]),
-    (corrupt(5, id="t-000"), ["record 5", "duplicates record 0"]),
-    ([], ["empty"]),
-    ({"a": 1}, ["JSON list"]),
-])
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        (corrupt(3, response=None), ["record 3", "missing field 'response'"]),
+        (corrupt(2, instruction="   "), ["record 2", "'instruction' is empty"]),
+        (corrupt(4, topic=7), ["record 4", "'topic' must be a string", "int"]),
+        (corrupt(1, lang="fr"), ["record 1", "'lang'"]),
+        (corrupt(5, id="t-000"), ["record 5", "duplicates record 0"]),
+        ([], ["empty"]),
+        ({"a": 1}, ["JSON list"]),
+    ],
+)
 def test_bad_records_name_file_index_field(tmp_path, rows, expected):
     path = write(tmp_path, rows)
     with pytest.raises(DatasetError) as e:
@@ -65,15 +68,25 @@ def test_prompt_completion_has_no_hidden_system_prompt():
 def test_cli_rejects_corrupt_dataset_and_writes_nothing(tmp_path):
     path = write(tmp_path, corrupt(2, response=None))
     runs = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", f"data.train_path={path}",
-                           f"runs_dir={runs}"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", f"data.train_path={path}", f"runs_dir={runs}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert f"{path}: record 2" in proc.stderr and "'response'" in proc.stderr
     assert not runs.exists()
 
 
-ALPACA = [{"instruction": "What does a 4:1 ratio do?", "input": "", "output": "Every 4 dB over the threshold comes out as 1 dB."},
-          {"instruction": "Translate to German.", "input": "high-pass filter", "output": "Hochpassfilter"}]
+ALPACA = [
+    {
+        "instruction": "What does a 4:1 ratio do?",
+        "input": "",
+        "output": "Every 4 dB over the threshold comes out as 1 dB.",
+    },
+    {"instruction": "Translate to German.", "input": "high-pass filter", "output": "Hochpassfilter"},
+]
 
 
 def _jsonl(tmp_path, name, rows):
@@ -91,13 +104,23 @@ def test_alpaca_jsonl_maps_to_the_native_schema(tmp_path):
 
 
 def test_chat_messages_and_sharegpt_keep_earlier_turns_in_the_prompt(tmp_path):
-    messages = {"messages": [{"role": "system", "content": "You are a mixing engineer."},
-                             {"role": "user", "content": "My kick is weak."},
-                             {"role": "assistant", "content": "Boost around 60 Hz."},
-                             {"role": "user", "content": "And the click?"},
-                             {"role": "assistant", "content": "Add 3-5 kHz."}], "lang": "en", "topic": "mixing"}
-    sharegpt = {"conversations": [{"from": "human", "value": "Was macht ein Limiter?"},
-                                  {"from": "gpt", "value": "Er begrenzt die Pegelspitzen."}]}
+    messages = {
+        "messages": [
+            {"role": "system", "content": "You are a mixing engineer."},
+            {"role": "user", "content": "My kick is weak."},
+            {"role": "assistant", "content": "Boost around 60 Hz."},
+            {"role": "user", "content": "And the click?"},
+            {"role": "assistant", "content": "Add 3-5 kHz."},
+        ],
+        "lang": "en",
+        "topic": "mixing",
+    }
+    sharegpt = {
+        "conversations": [
+            {"from": "human", "value": "Was macht ein Limiter?"},
+            {"from": "gpt", "value": "Er begrenzt die Pegelspitzen."},
+        ]
+    }
     path = tmp_path / "chat.json"
     path.write_text(json.dumps([messages, sharegpt]))
     chat, share = load_training_set(path)
@@ -108,12 +131,23 @@ def test_chat_messages_and_sharegpt_keep_earlier_turns_in_the_prompt(tmp_path):
     assert share["lang"] == "de" and share["response"] == "Er begrenzt die Pegelspitzen."
 
 
-@pytest.mark.parametrize("name, content, expected", [
-    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": 3}\n', "line 3: field 'output'"),
-    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n', "bad.jsonl:2:"),
-    ("bad.json", '[{"messages": [{"role": "user", "content": "hi"}]}]', "record 0: field 'messages' must hold a user turn and end"),
-    ("bad.json", '[{"conversations": [{"from": "robot", "value": "x"}]}]', "conversations[0].from must be one of"),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        (
+            "bad.jsonl",
+            '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": 3}\n',
+            "line 3: field 'output'",
+        ),
+        ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n', "bad.jsonl:2:"),
+        (
+            "bad.json",
+            '[{"messages": [{"role": "user", "content": "hi"}]}]',
+            "record 0: field 'messages' must hold a user turn and end",
+        ),
+        ("bad.json", '[{"conversations": [{"from": "robot", "value": "x"}]}]', "conversations[0].from must be one of"),
+    ],
+)
 def test_other_formats_name_file_line_and_field(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_text(content)

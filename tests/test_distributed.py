@@ -9,6 +9,7 @@ and still >50x smaller than what the 6 steps move the loss (asserted). What it c
 the number of ranks halves the logged loss; other rows per step change the per-step global token counts
 (compared exactly) and, measured with another data seed, move the losses by 3e-4 to 1e-3 relative.
 """
+
 import json
 import math
 import subprocess
@@ -42,23 +43,47 @@ def varied_dataset(tmp_path) -> Path:
 
 def train(tmp_path, model_dir, dataset, name, system="hf-lora", *extra):
     # 48 training rows = 6 steps of a global batch of 8: every step sees the same rows in both runs, no epoch wrap.
-    overrides = [f"runs_dir={tmp_path / 'runs'}", f"name={name}", f"data.train_path={dataset}",
-                 "data.validation_fraction=0.1", "data.max_train_items=48", "train.max_steps=6",
-                 "train.logging_steps=1", "train.bf16=false", "train.group_by_length=false",
-                 "train.learning_rate=0.001", "train.lr_scheduler=constant", "train.warmup_ratio=0", *extra]
+    overrides = [
+        f"runs_dir={tmp_path / 'runs'}",
+        f"name={name}",
+        f"data.train_path={dataset}",
+        "data.validation_fraction=0.1",
+        "data.max_train_items=48",
+        "train.max_steps=6",
+        "train.logging_steps=1",
+        "train.bf16=false",
+        "train.group_by_length=false",
+        "train.learning_rate=0.001",
+        "train.lr_scheduler=constant",
+        "train.warmup_ratio=0",
+        *extra,
+    ]
     cfg = load_config(None, overrides)
     return train_system(cfg, None, overrides, system, ResolvedModel("tiny", str(model_dir), "0" * 64, {}))
 
 
 def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir, varied_dataset):
     single = train(tmp_path, tiny_model_dir, varied_dataset, "single", "hf-lora", "train.batch_size=8")
-    ddp = train(tmp_path, tiny_model_dir, varied_dataset, "ddp", "hf-lora", "train.batch_size=4",
-                "distributed.launcher=accelerate", "distributed.num_processes=2")
+    ddp = train(
+        tmp_path,
+        tiny_model_dir,
+        varied_dataset,
+        "ddp",
+        "hf-lora",
+        "train.batch_size=4",
+        "distributed.launcher=accelerate",
+        "distributed.num_processes=2",
+    )
     assert single["status"] == "ok", single.get("traceback")
     assert ddp["status"] == "ok", ddp.get("traceback")
 
-    assert ddp["distributed"] == {"launcher": "accelerate", "num_processes": 2, "distributed_type": "MULTI_CPU",
-                                  "backend": "gloo", "fsdp": False}
+    assert ddp["distributed"] == {
+        "launcher": "accelerate",
+        "num_processes": 2,
+        "distributed_type": "MULTI_CPU",
+        "backend": "gloo",
+        "fsdp": False,
+    }
     assert ddp["effective_settings"]["global_batch_size"] == single["effective_settings"]["global_batch_size"] == 8
 
     single_losses = [p["loss"] for p in single["loss_curve"]]
@@ -83,6 +108,7 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path, t
     assert not any((system_dir / "trainer").iterdir())
     assert json.loads((system_dir / "run.json").read_text())["per_rank"] == ddp["per_rank"]
     from safetensors.torch import load_file
+
     a = load_file(system_dir / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "runs" / "single" / "hf-lora" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
@@ -91,8 +117,15 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path, t
 
 
 def test_unsloth_is_skipped_with_more_than_one_process(tmp_path, tiny_model_dir, tiny_dataset):
-    record = train(tmp_path, tiny_model_dir, tiny_dataset, "u", "unsloth-lora",
-                   "distributed.launcher=accelerate", "distributed.num_processes=2")
+    record = train(
+        tmp_path,
+        tiny_model_dir,
+        tiny_dataset,
+        "u",
+        "unsloth-lora",
+        "distributed.launcher=accelerate",
+        "distributed.num_processes=2",
+    )
     assert record["status"] == "skipped"
     assert "single GPU" in record["reason"] and "num_processes=2" in record["reason"]
     assert "train_tokens_per_s" not in record
@@ -102,8 +135,9 @@ def test_launch_command_and_config_keys(tmp_path):
     ns = build_parser().parse_args(["train", "hf-lora", "--launcher", "accelerate", "--num-processes", "2"])
     overrides = distributed_overrides(ns)
     assert overrides == ["distributed.launcher=accelerate", "distributed.num_processes=2"]
-    after = build_parser().parse_args(["train", "hf-lora", "train.max_steps=3", "--launcher", "accelerate",
-                                       "--num-processes", "2"])  # flags before SYSTEM or after the key=values
+    after = build_parser().parse_args(
+        ["train", "hf-lora", "train.max_steps=3", "--launcher", "accelerate", "--num-processes", "2"]
+    )  # flags before SYSTEM or after the key=values
     assert after.args == ["train.max_steps=3"] and distributed_overrides(after) == overrides
     cfg = load_config(None, overrides)
     command = worker_command(cfg, get_system("hf-lora"), "spec.json")
@@ -112,7 +146,12 @@ def test_launch_command_and_config_keys(tmp_path):
     assert Path(command[command.index("--config_file") + 1]).name in ("ddp.yaml", "ddp-cpu.yaml")
     assert command[-3:] == ["-m", "trainers.worker", "spec.json"]
     # Unsloth never goes through accelerate; a plain process writes its skip record.
-    assert worker_command(cfg, get_system("unsloth-lora"), "spec.json") == [sys.executable, "-m", "trainers.worker", "spec.json"]
+    assert worker_command(cfg, get_system("unsloth-lora"), "spec.json") == [
+        sys.executable,
+        "-m",
+        "trainers.worker",
+        "spec.json",
+    ]
     fsdp = load_config(None, [*overrides, f"distributed.accelerate_config={REPO / 'configs/accelerate/fsdp.yaml'}"])
     assert "fsdp.yaml" in worker_command(fsdp, get_system("hf-lora"), "s.json")[4]
 
@@ -137,12 +176,33 @@ def test_lm_eval_under_accelerate_on_cpu_runs_every_item_on_every_rank(tmp_path,
     of 1 and evaluates every item. This test pins that behaviour: if lm-eval starts sharding on CPU, it fails
     and the README's "Beyond one machine" section should say so.
     """
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configs/accelerate/ddp-cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()),
-               "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
-               "--include_path", str(REPO / "benchmarks"), "--tasks", "musicprod_mc", "--limit", "4",
-               "--batch_size", "4", "--output_path", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/ddp-cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={tiny_model_dir},dtype=float32",
+        "--include_path",
+        str(REPO / "benchmarks"),
+        "--tasks",
+        "musicprod_mc",
+        "--limit",
+        "4",
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]

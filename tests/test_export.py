@@ -1,6 +1,7 @@
 """`musicprod export`: merged folder, GGUF (llama.cpp's own converter), Ollama Modelfile, on a tiny Llama with a
 real random LoRA adapter. The round trip: merged folder and f16 GGUF (loaded back by transformers) give the same
 greedy tokens as base + adapter."""
+
 from __future__ import annotations
 
 import json
@@ -27,16 +28,24 @@ def exported(tmp_path_factory, tiny_model_dir, gguf_converter):  # noqa: F811 (p
 
 def _prompt_ids(tok, prompt):
     import torch
+
     text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
 
 
 def _greedy(model, ids):
     import torch
+
     with torch.inference_mode():  # exactly N_TOKENS tokens, no early stop: compares every position
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N_TOKENS,
-                             min_new_tokens=N_TOKENS, do_sample=False, pad_token_id=0)
-    return out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=N_TOKENS,
+            min_new_tokens=N_TOKENS,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_round_trip_greedy_tokens(exported, tiny_model_dir):
@@ -45,6 +54,7 @@ def test_round_trip_greedy_tokens(exported, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.models import load_for_inference
+
     exp, out, _ = exported
     reference, tok = load_for_inference(str(tiny_model_dir), str(exp / "hf-lora" / "adapter"), "float32", merge=False)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
@@ -76,11 +86,20 @@ def test_export_layout_manifest_and_card(exported):
         path = out / rel
         assert path.stat().st_size == entry["bytes"], rel
         assert path.stat().st_mode & stat.S_IROTH, f"{rel} not world-readable (umask {oct(os.umask(0o22))})"
-    assert {"merged/model.safetensors", "merged/tokenizer.json", "merged/chat_template.jinja", "merged/README.md",
-            "gguf/fake-hf-lora-f16.gguf", "gguf/fake-hf-lora-q8_0.gguf", "ollama/Modelfile",
-            "ollama/fake-hf-lora-q8_0.gguf"} <= set(manifest["files"])
-    assert manifest["files"]["ollama/fake-hf-lora-q8_0.gguf"]["sha256"] == \
-        manifest["files"]["gguf/fake-hf-lora-q8_0.gguf"]["sha256"]
+    assert {
+        "merged/model.safetensors",
+        "merged/tokenizer.json",
+        "merged/chat_template.jinja",
+        "merged/README.md",
+        "gguf/fake-hf-lora-f16.gguf",
+        "gguf/fake-hf-lora-q8_0.gguf",
+        "ollama/Modelfile",
+        "ollama/fake-hf-lora-q8_0.gguf",
+    } <= set(manifest["files"])
+    assert (
+        manifest["files"]["ollama/fake-hf-lora-q8_0.gguf"]["sha256"]
+        == manifest["files"]["gguf/fake-hf-lora-q8_0.gguf"]["sha256"]
+    )
     merged = manifest["steps"]["merged"]
     assert merged["adapter_merged"] and merged["reload_max_abs_logit_diff"] < 1e-3
     assert merged["tokenizer"].startswith("rewritten")  # the GGUF loader's byte-level variant was normalised
@@ -91,9 +110,22 @@ def test_export_layout_manifest_and_card(exported):
 
     card = (out / "merged" / "README.md").read_text()
     assert card.startswith("---\nlicense: other")  # tiny-llama is not a registry model: licence not claimed
-    for needle in (BASE_SHA, DATA_SHA, "learning_rate", "lora_r 4", "q_proj", "v_proj", "key-fact recall",
-                   "MC accuracy", "vs base", "repetition_penalty = 1.3", "max_new_tokens = 200", "CC BY 4.0",
-                   "the champion", "../gguf/fake-hf-lora-f16.gguf"):
+    for needle in (
+        BASE_SHA,
+        DATA_SHA,
+        "learning_rate",
+        "lora_r 4",
+        "q_proj",
+        "v_proj",
+        "key-fact recall",
+        "MC accuracy",
+        "vs base",
+        "repetition_penalty = 1.3",
+        "max_new_tokens = 200",
+        "CC BY 4.0",
+        "the champion",
+        "../gguf/fake-hf-lora-f16.gguf",
+    ):
         assert needle in card, needle
     summary = json.loads((exp / "eval" / "summary.json").read_text())
     recall = summary["targets"]["hf-lora"]["metrics"]["qa"]["key_fact_recall"]
@@ -102,6 +134,7 @@ def test_export_layout_manifest_and_card(exported):
 
 def test_gguf_metadata_and_q8(exported):
     from export.gguf import read_metadata
+
     _, out, _ = exported
     for kind, file_type in (("f16", 1), ("q8_0", 7)):  # llama.cpp's LLAMA_FTYPE_MOSTLY_F16 / _Q8_0
         meta = read_metadata(gguf_path(out, "fake-hf-lora", kind))
@@ -114,16 +147,19 @@ def test_ollama_modelfile(exported):
     from transformers import AutoTokenizer
 
     from export.ollama import CHECK_CONVERSATION, template_pieces
+
     _, out, manifest = exported
     text = (out / "ollama" / "Modelfile").read_text()
     assert "FROM ./fake-hf-lora-q8_0.gguf" in text
     assert 'PARAMETER stop "<|im_end|>"' in text
     assert "PARAMETER temperature 0.0" in text and "PARAMETER repeat_penalty 1.3" in text
     assert "PARAMETER num_predict 200" in text
-    expected = ('TEMPLATE """{{- range .Messages }}{{ if eq .Role "system" }}<|im_start|>system\n{{ .Content }}'
-                '<|im_end|>\n{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
-                '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
-                '{{ end }}{{ end }}<|im_start|>assistant\n"""')
+    expected = (
+        'TEMPLATE """{{- range .Messages }}{{ if eq .Role "system" }}<|im_start|>system\n{{ .Content }}'
+        '<|im_end|>\n{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
+        '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
+        '{{ end }}{{ end }}<|im_start|>assistant\n"""'
+    )
     assert expected in text
     tok = AutoTokenizer.from_pretrained(out / "merged")
     pieces = template_pieces(tok)
@@ -136,9 +172,12 @@ def test_ollama_rejects_a_template_that_is_not_per_message(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from export.ollama import template_pieces
+
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.chat_template = ("{% for m in messages %}{{ loop.index }}:{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}assistant:{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}{{ loop.index }}:{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     with pytest.raises(ExportError, match="does not render messages independently"):
         template_pieces(tok)
 
@@ -159,6 +198,7 @@ def test_merged_only_and_base_champion(tmp_path, tiny_model_dir):
 
 def test_clear_errors(tmp_path, tiny_model_dir):
     from harness.cli import main
+
     exp = make_export_experiment(tmp_path, tiny_model_dir)
     with pytest.raises(ExportError, match=r"system 'nope': no run record .*trained systems of fake: hf-lora"):
         resolve_source(exp, "nope")
@@ -170,6 +210,7 @@ def test_clear_errors(tmp_path, tiny_model_dir):
     assert not (exp / "export" / "hf-lora" / "merged").exists()  # failed before any work
 
     import shutil
+
     shutil.rmtree(exp / "hf-lora" / "adapter")
     with pytest.raises(ExportError, match=r"run.json: adapter '.*hf-lora/adapter' is missing"):
         resolve_source(exp)
@@ -190,8 +231,10 @@ def test_failed_conversion_leaves_no_partial_gguf(tmp_path, tiny_model_dir):
     """A converter that dies half-way: an error with its output, no gguf/ folder, no temp folders."""
     exp = make_export_experiment(tmp_path, tiny_model_dir)
     broken = tmp_path / "convert_hf_to_gguf.py"
-    broken.write_text("import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--outfile') + 1])\n"
-                      "out.write_bytes(b'GGUF half')\nprint('ERROR: out of disk', flush=True)\nsys.exit(3)\n")
+    broken.write_text(
+        "import sys, pathlib\nout = pathlib.Path(sys.argv[sys.argv.index('--outfile') + 1])\n"
+        "out.write_bytes(b'GGUF half')\nprint('ERROR: out of disk', flush=True)\nsys.exit(3)\n"
+    )
     with pytest.raises(ExportError, match=r"(?s)converter failed .*exit 3.*out of disk"):
         run_export(exp, formats="gguf,ollama", converter=str(broken), log=quiet)
     out = exp / "export" / "hf-lora"
@@ -201,6 +244,7 @@ def test_failed_conversion_leaves_no_partial_gguf(tmp_path, tiny_model_dir):
 
 def test_cli_export_prints_files(tmp_path, tiny_model_dir, capsys):
     from harness.cli import main
+
     make_export_experiment(tmp_path, tiny_model_dir)
     cwd = os.getcwd()
     os.chdir(tmp_path)

@@ -4,6 +4,7 @@ imports back up the stream, and there is no import circle.
 Allowed exceptions: the command line (harness/cli*) and the main job (harness/pipeline.py) sit on top and may
 start any stage; benchmarks/ (lm-eval task glue and the quality gates) may read harness and reports.
 """
+
 import ast
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def imports(path: Path, name: str, known: dict) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             # `from pkg import mod` depends on pkg.mod; `from pkg import name` on pkg (its __init__)
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         for t in targets:
@@ -72,7 +75,7 @@ def test_there_is_no_import_circle():
         stack.append(node)
         for dep in sorted(g.get(node, ())):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep)
         stack.pop()

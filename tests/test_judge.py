@@ -1,5 +1,6 @@
 """LLM judge: settings, reliability logic, G-Eval's probability-weighted score on a tiny random model, a full
 `musicprod judge` run on a fixture experiment, and the lm-eval task."""
+
 import json
 import math
 
@@ -28,8 +29,15 @@ def test_settings_from_yaml_overrides_and_env(tmp_path):
     assert (s.backend, s.repeats, s.max_items) == ("openai", 3, 2)  # metadata beats env beats the YAML
 
 
-@pytest.mark.parametrize("override, message", [(["backend=vllm"], "backend"), (["max_itemz=3"], "max_itemz"),
-                                               (["max_items=many"], "max_items"), (["top_logprobs=50"], "top_logprobs")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["backend=vllm"], "backend"),
+        (["max_itemz=3"], "max_itemz"),
+        (["max_items=many"], "max_items"),
+        (["top_logprobs=50"], "top_logprobs"),
+    ],
+)
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_judge_settings(None, override)
@@ -46,12 +54,14 @@ def test_reliability_bar_is_ninety_percent_of_sanity_cases():
 
 
 def test_pairwise_both_orders_and_position_consistency():
-    assert combine_orders("A", "B") == ("win", True)      # a wins in both presentations
+    assert combine_orders("A", "B") == ("win", True)  # a wins in both presentations
     assert combine_orders("B", "A") == ("loss", True)
-    assert combine_orders("A", "A") == ("tie", False)     # always the first position: position bias
+    assert combine_orders("A", "A") == ("tie", False)  # always the first position: position bias
     assert combine_orders("tie", "tie") == ("tie", True)
-    rows = [{"a": "s", "b": "base", "verdict": v, "consistent": c}
-            for v, c in [("win", True), ("tie", False), ("loss", True), ("tie", False)]]
+    rows = [
+        {"a": "s", "b": "base", "verdict": v, "consistent": c}
+        for v, c in [("win", True), ("tie", False), ("loss", True), ("tie", False)]
+    ]
     (summary,) = pairwise_summary(rows)
     assert summary == {"a": "s", "b": "base", "wins": 1, "ties": 2, "losses": 1, "n": 4, "position_consistency": 0.5}
 
@@ -93,6 +103,7 @@ def test_common_items_keeps_shared_ids_in_order():
 @pytest.fixture(scope="module")
 def tiny_judge(tiny_model_dir, tmp_path_factory):
     from harness.judge.rubrics import make_judge, rubric_metrics
+
     settings = load_judge_settings(None, [f"model={tiny_model_dir}", "reason_tokens=4"])
     judge = make_judge(settings, tmp_path_factory.mktemp("deepeval"))
     return judge, rubric_metrics(judge)
@@ -102,6 +113,7 @@ def _expected_weighted_score(model_dir, prompt: str) -> float:
     """Recompute G-Eval's score from the raw model: p(1..5) after the forced `{"score": `, renormalised,
     tokens under 1 % dropped (deepeval's rule), probability-weighted mean."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
@@ -116,6 +128,7 @@ def _expected_weighted_score(model_dir, prompt: str) -> float:
 
 def test_probability_weighted_score_on_tiny_random_model(tiny_judge, tiny_model_dir):
     from harness.judge.rubrics import score_answer
+
     judge, metrics = tiny_judge
     item = BENCH_QA[0]
     one = {"correctness": metrics["correctness"]}
@@ -136,16 +149,35 @@ def _fixture_experiment(root, items):
         with open(d / "generations.jsonl", "w", encoding="utf-8") as f:
             for i, q in enumerate(items):
                 answer = q["reference"] if target == "hf-lora" else suffix
-                f.write(json.dumps({**{k: q[k] for k in ("id", "lang", "topic", "question", "reference", "key_facts")},
-                                    "answer": answer, "metrics": {"key_fact_recall": [0.0, 0.5, 1.0][i % 3]}}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            **{k: q[k] for k in ("id", "lang", "topic", "question", "reference", "key_facts")},
+                            "answer": answer,
+                            "metrics": {"key_fact_recall": [0.0, 0.5, 1.0][i % 3]},
+                        }
+                    )
+                    + "\n"
+                )
     return root
 
 
 def test_run_judge_writes_contract_and_cli(tmp_path, tiny_model_dir, capsys):
     from harness.cli import main
+
     exp = _fixture_experiment(tmp_path / "exp", BENCH_QA[:3])
-    code = main(["judge", str(exp), f"model={tiny_model_dir}", "name=tiny", "max_items=3", "sanity_items=3",
-                 "repeats=2", "reason_tokens=2"])
+    code = main(
+        [
+            "judge",
+            str(exp),
+            f"model={tiny_model_dir}",
+            "name=tiny",
+            "max_items=3",
+            "sanity_items=3",
+            "repeats=2",
+            "reason_tokens=2",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     d = exp / "judge" / "tiny"
@@ -153,7 +185,9 @@ def test_run_judge_writes_contract_and_cli(tmp_path, tiny_model_dir, capsys):
     assert ("UNRELIABLE" in out) is (not summary["reliable"])  # the printed verdict is the stored one
     rel = summary["reliability"]
     assert summary["backend"] == "hf" and rel["sanity_n"] == 3 and rel["spearman_key_fact"]["n"] == 6
-    assert summary["reliable"] is (rel["sanity_pass_rate"] >= 0.9) and summary["use_for_champion"] is summary["reliable"]
+    assert (
+        summary["reliable"] is (rel["sanity_pass_rate"] >= 0.9) and summary["use_for_champion"] is summary["reliable"]
+    )
     assert rel["self_consistency_detail"]["n"] == 6
     assert set(summary["targets"]) == {"base", "hf-lora"}
     for dims in summary["targets"].values():
@@ -178,13 +212,26 @@ def test_lm_eval_task_scores_with_the_judge(tiny_model_dir, tmp_path):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), batch_size=2)
-    tm = TaskManager(include_path="benchmarks", include_defaults=False,
-                     metadata={"judge": {"model": str(tiny_model_dir), "sanity_items": 2, "reason_tokens": 2},
-                               "experiment_dir": str(tmp_path)})
-    res = simple_evaluate(model=lm, tasks=["musicprod_judge"], task_manager=tm, limit=2, apply_chat_template=True,
-                          gen_kwargs={"max_gen_toks": 8}, bootstrap_iters=0)
+    tm = TaskManager(
+        include_path="benchmarks",
+        include_defaults=False,
+        metadata={
+            "judge": {"model": str(tiny_model_dir), "sanity_items": 2, "reason_tokens": 2},
+            "experiment_dir": str(tmp_path),
+        },
+    )
+    res = simple_evaluate(
+        model=lm,
+        tasks=["musicprod_judge"],
+        task_manager=tm,
+        limit=2,
+        apply_chat_template=True,
+        gen_kwargs={"max_gen_toks": 8},
+        bootstrap_iters=0,
+    )
     metrics = res["results"]["musicprod_judge"]
     for d in DIMENSIONS:
         assert 1.0 <= metrics[f"judge_{d},none"] <= 5.0

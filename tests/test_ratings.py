@@ -1,4 +1,5 @@
 """Human ratings: store durability and concurrency, CSV, blind API, statistics, alpha, the musicprod_human task."""
+
 from __future__ import annotations
 
 import csv
@@ -70,19 +71,24 @@ def _rate(store, rater, uid, c, r=None, h=None, comment=""):
 
 # ------------------------------------------------------------------------------------------------- alpha
 
+
 def test_alpha_matches_krippendorffs_published_reliability_data_example():
     import krippendorff
+
     assert krippendorff_alpha(KRIPPENDORFF_2011) == pytest.approx(0.815, abs=5e-4)
     # the same data at the other levels, to show the matrix is the published one (raters x units)
-    assert krippendorff.alpha(reliability_data=KRIPPENDORFF_2011, level_of_measurement="nominal") == \
-        pytest.approx(0.743, abs=5e-4)
-    assert krippendorff.alpha(reliability_data=KRIPPENDORFF_2011, level_of_measurement="interval") == \
-        pytest.approx(0.849, abs=5e-4)
+    assert krippendorff.alpha(reliability_data=KRIPPENDORFF_2011, level_of_measurement="nominal") == pytest.approx(
+        0.743, abs=5e-4
+    )
+    assert krippendorff.alpha(reliability_data=KRIPPENDORFF_2011, level_of_measurement="interval") == pytest.approx(
+        0.849, abs=5e-4
+    )
 
 
 def test_alpha_matches_krippendorffs_binary_two_observer_example():
     # Krippendorff (2011), section A: 2 observers, 10 units, binary; published nominal alpha = 0.095.
     import krippendorff
+
     data = [[0, 1, 0, 0, 0, 0, 0, 0, 1, 0], [1, 1, 1, 0, 0, 1, 0, 0, 0, 0]]
     assert krippendorff.alpha(reliability_data=data, level_of_measurement="nominal") == pytest.approx(0.095, abs=5e-4)
 
@@ -111,6 +117,7 @@ def test_alpha_is_none_without_overlap_or_variation():
 
 
 # ------------------------------------------------------------------------------------------------- queue
+
 
 def test_order_is_random_per_rater_reproducible_and_shares_blocks():
     keys = [f"k{i}" for i in range(70)]
@@ -144,6 +151,7 @@ def test_bad_generations_file_names_file_line_and_field(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- store
 
+
 def test_store_is_wal_and_a_second_rating_by_the_same_rater_replaces_the_first(experiment, store):
     uid = _uids_by(store)[("base", "qa-001")]
     _rate(store, "alice", uid, 2, comment="first")
@@ -157,9 +165,14 @@ def test_store_is_wal_and_a_second_rating_by_the_same_rater_replaces_the_first(e
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-@pytest.mark.parametrize("scores, match", [({"correctness": 6, "relevance": 3, "helpfulness": 3}, "correctness"),
-                                           ({"correctness": 3, "relevance": 3}, "helpfulness"),
-                                           ({"correctness": 3, "relevance": True, "helpfulness": 3}, "relevance")])
+@pytest.mark.parametrize(
+    "scores, match",
+    [
+        ({"correctness": 6, "relevance": 3, "helpfulness": 3}, "correctness"),
+        ({"correctness": 3, "relevance": 3}, "helpfulness"),
+        ({"correctness": 3, "relevance": True, "helpfulness": 3}, "relevance"),
+    ],
+)
 def test_invalid_scores_are_rejected_and_nothing_is_stored(store, scores, match):
     uid = store.current_answers()[0]["uid"]
     with pytest.raises(RatingError, match=match):
@@ -194,6 +207,7 @@ def test_several_raters_writing_at_once_from_separate_processes(experiment, stor
 
 # --------------------------------------------------------------------------------- durability (real process)
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,8 +215,11 @@ def _free_port() -> int:
 
 
 def _http(url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as res:
             return res.status, json.loads(res.read())
@@ -213,9 +230,14 @@ def _http(url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
 def test_a_confirmed_rating_survives_killing_the_server_right_after(experiment):
     """`musicprod rate --raters dora` prints dora's link; ratings sent with its token survive a SIGKILL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "rate", str(experiment), "--port", str(port),
-                             "--raters", "dora"], cwd=REPO, env={**os.environ, **OFFLINE_ENV},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "rate", str(experiment), "--port", str(port), "--raters", "dora"],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         link = None
         for line in proc.stdout:  # the links come after the listening line, before any request is served
@@ -228,8 +250,11 @@ def test_a_confirmed_rating_survives_killing_the_server_right_after(experiment):
         assert status == 200
         uids = queue["order"][:3]
         for i, uid in enumerate(uids):
-            status, reply = _http(f"{base}/rate", token, {"uid": uid, "correctness": i + 1, "relevance": 5,
-                                                          "helpfulness": 4, "comment": f"c{i}"})
+            status, reply = _http(
+                f"{base}/rate",
+                token,
+                {"uid": uid, "correctness": i + 1, "relevance": 5, "helpfulness": 4, "comment": f"c{i}"},
+            )
             assert status == 200 and reply["saved"] is True
         proc.send_signal(signal.SIGKILL)  # right after the last confirmation: no shutdown, no checkpoint
         proc.wait(timeout=10)
@@ -239,14 +264,21 @@ def test_a_confirmed_rating_survives_killing_the_server_right_after(experiment):
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     rows = RatingStore(ratings_db_path(experiment)).ratings("dora")
-    assert [(r["blind_id"], r["correctness"], r["comment"]) for r in rows] == \
-        [(uid, i + 1, f"c{i}") for i, uid in enumerate(uids)]
+    assert [(r["blind_id"], r["correctness"], r["comment"]) for r in rows] == [
+        (uid, i + 1, f"c{i}") for i, uid in enumerate(uids)
+    ]
 
 
 def test_rate_without_raters_refuses_to_serve(experiment):
     """Nobody could open the UI: say so instead of serving (the old UI served anyone who typed a name)."""
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "rate", str(experiment), "--port", str(_free_port())],
-                          cwd=REPO, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "rate", str(experiment), "--port", str(_free_port())],
+        cwd=REPO,
+        env={**os.environ, **OFFLINE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--raters" in proc.stderr
 
 
@@ -258,6 +290,7 @@ ADMIN = "admin-secret"
 @pytest.fixture
 def app(experiment):
     from server.rating import create_rating_app
+
     return create_rating_app(experiment, admin_token=ADMIN)
 
 
@@ -294,8 +327,12 @@ def test_api_is_blind_and_rates_in_the_raters_order(alice, experiment):
     queue = alice.get("/rate/api/queue").get_json()
     store = RatingStore.for_experiment(experiment)
     assert queue["order"] == store.single_queue("alice") and queue["total"] == 18 and queue["done"] == []
-    responses = [alice.get("/rate/api/queue"), alice.get(f"/rate/api/item/{queue['order'][0]}"),
-                 alice.get("/rate/api/queue?mode=pairwise"), alice.get("/rate/")]
+    responses = [
+        alice.get("/rate/api/queue"),
+        alice.get(f"/rate/api/item/{queue['order'][0]}"),
+        alice.get("/rate/api/queue?mode=pairwise"),
+        alice.get("/rate/"),
+    ]
     pair = responses[2].get_json()["order"][0]
     responses.append(alice.get(f"/rate/api/pair/{pair}"))
     internal = {a["uid"] for a in store.current_answers()}  # computable from the answer text: never shown
@@ -304,14 +341,17 @@ def test_api_is_blind_and_rates_in_the_raters_order(alice, experiment):
         body = res.get_data(as_text=True)
         for secret in (*TARGETS, *internal):
             assert secret not in body, f"{res.request.path} reveals {secret!r}"
-    reply = alice.post("/rate/api/rate", json={"uid": queue["order"][0], "correctness": 3, "relevance": 4,
-                                               "helpfulness": 2, "comment": "ok"})
+    reply = alice.post(
+        "/rate/api/rate",
+        json={"uid": queue["order"][0], "correctness": 3, "relevance": 4, "helpfulness": 2, "comment": "ok"},
+    )
     assert reply.status_code == 200 and reply.get_json()["saved"] is True
     assert alice.get("/rate/api/queue").get_json()["done"] == [queue["order"][0]]
     item = alice.get(f"/rate/api/item/{queue['order'][0]}").get_json()
     assert item["rating"] == {"correctness": 3, "relevance": 4, "helpfulness": 2, "comment": "ok"}
-    bad = alice.post("/rate/api/rate", json={"uid": queue["order"][1], "correctness": 0, "relevance": 4,
-                                             "helpfulness": 2})
+    bad = alice.post(
+        "/rate/api/rate", json={"uid": queue["order"][1], "correctness": 0, "relevance": 4, "helpfulness": 2}
+    )
     assert bad.status_code == 400 and "correctness" in bad.get_json()["error"]
     assert len(store.ratings()) == 1
 
@@ -345,30 +385,49 @@ def test_a_store_from_before_blind_ids_gets_them_and_keeps_its_ratings(experimen
 
 def test_every_route_needs_a_rater_token(app, tokens):
     client = app.test_client()
-    urls = [re.sub(r"<(?:\w+:)?(\w+)>", "x", rule.rule) for rule in app.url_map.iter_rules()
-            if rule.rule.startswith("/rate") and rule.endpoint != "rating.admin"]
-    assert {"/rate/", "/rate/static/x", "/rate/api/queue", "/rate/api/item/x", "/rate/api/rate", "/rate/api/pair/x",
-            "/rate/api/compare"} <= set(urls)
+    urls = [
+        re.sub(r"<(?:\w+:)?(\w+)>", "x", rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/rate") and rule.endpoint != "rating.admin"
+    ]
+    assert {
+        "/rate/",
+        "/rate/static/x",
+        "/rate/api/queue",
+        "/rate/api/item/x",
+        "/rate/api/rate",
+        "/rate/api/pair/x",
+        "/rate/api/compare",
+    } <= set(urls)
     for url in urls:
         for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YWxpY2U6"}):
             for method in ("GET", "POST"):
                 r = client.open(url + "?rater=alice", method=method, headers=headers, json={"rater": "alice"})
                 assert r.status_code in (401, 405), (method, url, headers, r.status_code)
-    with_token = [app.test_client().get(f"/rate/static/rating.js?token={tokens['alice']}"),
-                  app.test_client().get(f"/rate/?token={tokens['bob']}")]
+    with_token = [
+        app.test_client().get(f"/rate/static/rating.js?token={tokens['alice']}"),
+        app.test_client().get(f"/rate/?token={tokens['bob']}"),
+    ]
     assert [r.status_code for r in with_token] == [200, 200]
     assert '"rater": "bob"' in with_token[1].get_data(as_text=True)  # the page's config: who rates here
 
 
 def test_raters_neither_see_nor_change_each_others_ratings(alice, bob, experiment):
     uid = alice.get("/rate/api/queue").get_json()["order"][0]
-    assert alice.post("/rate/api/rate", json={"uid": uid, "correctness": 5, "relevance": 5, "helpfulness": 5,
-                                              "comment": "alice's"}).status_code == 200
+    assert (
+        alice.post(
+            "/rate/api/rate",
+            json={"uid": uid, "correctness": 5, "relevance": 5, "helpfulness": 5, "comment": "alice's"},
+        ).status_code
+        == 200
+    )
     assert bob.get(f"/rate/api/item/{uid}").get_json()["rating"] is None
     assert bob.get("/rate/api/queue").get_json()["done"] == []
     # bob claims to be alice in every way the old API accepted: the token decides
-    r = bob.post("/rate/api/rate?rater=alice", json={"rater": "alice", "uid": uid, "correctness": 1,
-                                                     "relevance": 1, "helpfulness": 1, "comment": "bob's"})
+    r = bob.post(
+        "/rate/api/rate?rater=alice",
+        json={"rater": "alice", "uid": uid, "correctness": 1, "relevance": 1, "helpfulness": 1, "comment": "bob's"},
+    )
     assert r.status_code == 200
     assert alice.get(f"/rate/api/item/{uid}?rater=bob").get_json()["rating"]["comment"] == "alice's"
     assert bob.get(f"/rate/api/item/{uid}?rater=alice").get_json()["rating"]["comment"] == "bob's"
@@ -387,15 +446,24 @@ def test_a_reissued_token_replaces_the_old_link(experiment, app, tokens):
 
 
 def test_admin_view_only_on_loopback_with_the_admin_token(app, tokens, alice):
-    alice.post("/rate/api/rate", json={"uid": alice.get("/rate/api/queue").get_json()["order"][0], "correctness": 4,
-                                       "relevance": 4, "helpfulness": 4})
+    alice.post(
+        "/rate/api/rate",
+        json={
+            "uid": alice.get("/rate/api/queue").get_json()["order"][0],
+            "correctness": 4,
+            "relevance": 4,
+            "helpfulness": 4,
+        },
+    )
     client = app.test_client()
     ok = client.get(f"/rate/admin?token={ADMIN}", environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert ok.status_code == 200 and "Krippendorff alpha" in ok.get_data(as_text=True)
     assert "alice: 1 ratings" in ok.get_data(as_text=True)
-    denied = [client.get(f"/rate/admin?token={ADMIN}", environ_base={"REMOTE_ADDR": "192.168.1.20"}),
-              client.get(f"/rate/admin?token={tokens['alice']}", environ_base={"REMOTE_ADDR": "127.0.0.1"}),
-              client.get("/rate/admin", environ_base={"REMOTE_ADDR": "127.0.0.1"})]
+    denied = [
+        client.get(f"/rate/admin?token={ADMIN}", environ_base={"REMOTE_ADDR": "192.168.1.20"}),
+        client.get(f"/rate/admin?token={tokens['alice']}", environ_base={"REMOTE_ADDR": "127.0.0.1"}),
+        client.get("/rate/admin", environ_base={"REMOTE_ADDR": "127.0.0.1"}),
+    ]
     assert [r.status_code for r in denied] == [403, 403, 403]
     assert not any(t in r.get_data(as_text=True) for r in denied for t in TARGETS)
 
@@ -423,7 +491,8 @@ def test_hidden_eval_folders_are_not_targets(experiment, alice):
     (eval_root / ".hf-lora.tmp-x1y2" / "generations.jsonl").write_text('{"id": "qa-000", "question": "half')
     (eval_root / ".base.old-4242").mkdir()
     (eval_root / ".base.old-4242" / "generations.jsonl").write_text(
-        (eval_root / "base" / "generations.jsonl").read_text())
+        (eval_root / "base" / "generations.jsonl").read_text()
+    )
     assert sorted(generation_files(experiment)) == sorted(TARGETS)
     r = alice.get("/rate/api/queue")
     assert r.status_code == 200 and r.get_json()["total"] == 18
@@ -441,14 +510,22 @@ def test_rating_app_limits_bodies_sets_headers_and_answers_errors_in_json(alice,
         assert "frame-ancestors 'none'" in res.headers["Content-Security-Policy"]
         assert res.headers["Referrer-Policy"] == "no-referrer"
     uid = alice.get("/rate/api/queue").get_json()["order"][0]
-    big = alice.post("/rate/api/rate", json={"uid": uid, "correctness": 3, "relevance": 3, "helpfulness": 3,
-                                             "comment": "x" * (128 << 10)})
+    big = alice.post(
+        "/rate/api/rate",
+        json={"uid": uid, "correctness": 3, "relevance": 3, "helpfulness": 3, "comment": "x" * (128 << 10)},
+    )
     assert big.status_code == 413 and "larger than" in big.get_json()["error"]
-    surrogate = alice.post("/rate/api/rate", data='{"uid": "%s", "correctness": 3, "relevance": 3, '
-                           '"helpfulness": 3, "comment": "\\ud800"}' % uid, content_type="application/json")
+    surrogate = alice.post(
+        "/rate/api/rate",
+        data='{"uid": "%s", "correctness": 3, "relevance": 3, "helpfulness": 3, "comment": "\\ud800"}' % uid,
+        content_type="application/json",
+    )
     assert surrogate.status_code == 400 and "comment" in surrogate.get_json()["error"]
-    plain = alice.post("/rate/api/rate", data=json.dumps({"uid": uid, "correctness": 3, "relevance": 3,
-                                                          "helpfulness": 3}), content_type="text/plain")
+    plain = alice.post(
+        "/rate/api/rate",
+        data=json.dumps({"uid": uid, "correctness": 3, "relevance": 3, "helpfulness": 3}),
+        content_type="text/plain",
+    )
     assert plain.status_code == 400 and "application/json" in plain.get_json()["error"]
     db = ratings_db_path(experiment)
     db.write_bytes(b"this is not a database" * 100)  # a real failure inside a route: SQLite cannot open it
@@ -462,6 +539,7 @@ def test_rating_app_limits_bodies_sets_headers_and_answers_errors_in_json(alice,
 def test_rating_app_refuses_foreign_host_headers(experiment, tokens):
     from server.rating import create_rating_app
     from server.security import allowed_hosts
+
     client = create_rating_app(experiment, allowed=allowed_hosts("127.0.0.1")).test_client()
     headers = {"Authorization": f"Bearer {tokens['alice']}"}
     assert client.get("/rate/api/queue", headers={**headers, "Host": "attacker.example:8765"}).status_code == 400
@@ -469,6 +547,7 @@ def test_rating_app_refuses_foreign_host_headers(experiment, tokens):
 
 
 # ------------------------------------------------------------------------------------------------- CSV
+
 
 def test_csv_round_trip_into_a_fresh_store(tmp_path, experiment, store):
     uids = _uids_by(store)
@@ -493,8 +572,10 @@ def test_csv_round_trip_into_a_fresh_store(tmp_path, experiment, store):
 
 def test_spreadsheet_csv_with_semicolons_bom_and_target_item_columns(tmp_path, store):
     sheet = tmp_path / "sheet.csv"
-    sheet.write_bytes("\ufeffrater;target;item_id;correctness;relevance;helpfulness;comment\n"
-                      "Jana;hf-qlora;qa-002;4;4;5;gut\nJana;base;qa-002;;;;\n".encode("utf-8"))
+    sheet.write_bytes(
+        "\ufeffrater;target;item_id;correctness;relevance;helpfulness;comment\n"
+        "Jana;hf-qlora;qa-002;4;4;5;gut\nJana;base;qa-002;;;;\n".encode("utf-8")
+    )
     assert import_csv(store, sheet) == {"kind": "single", "imported": 1, "skipped_empty": 1}
     row = store.ratings("Jana")[0]
     assert (row["target"], row["item_id"], row["helpfulness"], row["comment"]) == ("hf-qlora", "qa-002", 5, "gut")
@@ -502,8 +583,9 @@ def test_spreadsheet_csv_with_semicolons_bom_and_target_item_columns(tmp_path, s
 
 def test_a_bad_csv_row_aborts_the_whole_import_naming_the_line(tmp_path, store):
     sheet = tmp_path / "bad.csv"
-    sheet.write_text("rater,target,item_id,correctness,relevance,helpfulness\n"
-                     "Jana,base,qa-000,3,3,3\nJana,base,qa-001,3,9,3\n")
+    sheet.write_text(
+        "rater,target,item_id,correctness,relevance,helpfulness\nJana,base,qa-000,3,3,3\nJana,base,qa-001,3,9,3\n"
+    )
     with pytest.raises(RatingError, match=r"bad.csv:3: field 'relevance'"):
         import_csv(store, sheet)
     assert store.ratings() == []
@@ -558,6 +640,7 @@ def test_cells_a_spreadsheet_would_run_are_defused_and_import_back(tmp_path, exp
 
 # ------------------------------------------------------------------------------------------------- summary
 
+
 def test_summarize_means_cis_coverage_pairwise_and_judge_spearman(experiment, store):
     assert summarize(experiment) is None  # queue but no ratings yet
     uids = _uids_by(store)
@@ -570,8 +653,11 @@ def test_summarize_means_cis_coverage_pairwise_and_judge_spearman(experiment, st
         expected.append((a + b) / 2)
     _rate(store, "alice", uids[("base", "qa-000")], 1)
     for rater, choice in (("alice", "a"), ("bob", "a"), ("cem", "tie")):
-        pid = next(p for p, (u1, u2) in store.pairs().items() if {u1, u2} == {uids[("base", "qa-003")],
-                                                                              uids[("hf-lora", "qa-003")]})
+        pid = next(
+            p
+            for p, (u1, u2) in store.pairs().items()
+            if {u1, u2} == {uids[("base", "qa-003")], uids[("hf-lora", "qa-003")]}
+        )
         a, b = store.pair_sides(rater, pid)
         # choose hf-lora whatever side it is shown on (or a tie)
         pick = "tie" if choice == "tie" else ("a" if a == uids[("hf-lora", "qa-003")] else "b")
@@ -580,16 +666,34 @@ def test_summarize_means_cis_coverage_pairwise_and_judge_spearman(experiment, st
     judge.mkdir(parents=True)
     with open(judge / "scores.jsonl", "w") as f:
         for i in range(5):  # monotone in the human means -> rho = 1
-            f.write(json.dumps({"target": "hf-lora", "id": f"qa-{i:03d}", "correctness": i, "relevance": 3,
-                                "helpfulness": i, "reasons": "x"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "target": "hf-lora",
+                        "id": f"qa-{i:03d}",
+                        "correctness": i,
+                        "relevance": 3,
+                        "helpfulness": i,
+                        "reasons": "x",
+                    }
+                )
+                + "\n"
+            )
 
     s = summarize(experiment, resamples=2000)
     lora = s["targets"]["hf-lora"]["correctness"]
     assert lora["mean"] == pytest.approx(sum(expected) / len(expected)) and lora["n"] == 5
     assert lora["ci_low"] < lora["mean"] < lora["ci_high"]
     assert s["targets"]["base"]["correctness"]["n"] == 1 and "hf-qlora" not in s["targets"]
-    assert s["coverage"] == {**s["coverage"], "items": 18, "rated_items": 6, "ratings": 11, "raters": 2,
-                             "items_rated_twice": 5, "questions": 6}
+    assert s["coverage"] == {
+        **s["coverage"],
+        "items": 18,
+        "rated_items": 6,
+        "ratings": 11,
+        "raters": 2,
+        "items_rated_twice": 5,
+        "questions": 6,
+    }
     assert s["coverage"]["ratings_per_item"] == pytest.approx(11 / 6, abs=1e-3)
     assert s["coverage"]["by_target"]["hf-lora"] == {"items": 6, "rated_items": 5, "ratings": 10}
     assert s["alpha"]["correctness"] is not None and 0 < s["alpha"]["correctness"] < 1
@@ -602,6 +706,7 @@ def test_summarize_means_cis_coverage_pairwise_and_judge_spearman(experiment, st
 
 def test_cli_rate_stats_json_and_export(tmp_path, experiment, store, capsys):
     from harness.cli import main
+
     _rate(store, "alice", store.current_answers()[0]["uid"], 4)
     assert main(["rate", str(experiment), "--stats", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -614,20 +719,32 @@ def test_cli_rate_stats_json_and_export(tmp_path, experiment, store, capsys):
 
 # ------------------------------------------------------------------------------------- lm-eval musicprod_human
 
+
 def test_musicprod_human_task_queues_generations_then_reports_human_scores(tmp_path, tiny_model_dir):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     experiment = tmp_path / "exp"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir), batch_size=3)
 
     def run():
-        tm = TaskManager(include_path=str(REPO / "benchmarks"), include_defaults=False,
-                         metadata={"experiment_dir": str(experiment), "target": "tiny"})
-        out = simple_evaluate(model=lm, tasks=["musicprod_human"], task_manager=tm, limit=3, bootstrap_iters=0,
-                              apply_chat_template=True, gen_kwargs={"max_gen_toks": 8})
+        tm = TaskManager(
+            include_path=str(REPO / "benchmarks"),
+            include_defaults=False,
+            metadata={"experiment_dir": str(experiment), "target": "tiny"},
+        )
+        out = simple_evaluate(
+            model=lm,
+            tasks=["musicprod_human"],
+            task_manager=tm,
+            limit=3,
+            bootstrap_iters=0,
+            apply_chat_template=True,
+            gen_kwargs={"max_gen_toks": 8},
+        )
         return out["results"]["musicprod_human"]
 
     first = run()

@@ -2,6 +2,7 @@
 keyboard and mouse, then check the stored rows; two raters in two tabs of one browser. Each rater opens their
 personal link (?token=...), as printed by `musicprod rate --raters`. Screenshots go to the pytest tmp dir and are
 kept in $MUSICPROD_SCREENSHOT_DIR (default reports/out/screenshots/) for a person to look at."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,16 @@ from tests.ratings_helpers import TARGETS, make_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-SCREENSHOTS = Path(os.environ.get("MUSICPROD_SCREENSHOT_DIR",
-                                  Path(__file__).resolve().parent.parent / "reports" / "out" / "screenshots"))
+SCREENSHOTS = Path(
+    os.environ.get(
+        "MUSICPROD_SCREENSHOT_DIR", Path(__file__).resolve().parent.parent / "reports" / "out" / "screenshots"
+    )
+)
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
+)
 
 
 @pytest.fixture
@@ -30,6 +35,7 @@ def served(tmp_path):
     from werkzeug.serving import make_server
 
     from server.rating import create_rating_app
+
     experiment = make_experiment(tmp_path, n=4)
     store = RatingStore.for_experiment(experiment)
     server = make_server("127.0.0.1", 0, create_rating_app(experiment), threaded=True)
@@ -44,10 +50,17 @@ def served(tmp_path):
 def browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
     from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--lang=en-US",
-                "--window-size=1280,1400"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--lang=en-US",
+        "--window-size=1280,1400",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
@@ -58,12 +71,15 @@ def browser():
 def _wait_text(driver, element_id: str, text: str, timeout: float = 10):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.ID, element_id).text,
-                                         f"#{element_id} never showed {text!r}")
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: text in d.find_element(By.ID, element_id).text, f"#{element_id} never showed {text!r}"
+    )
 
 
 def _keys(driver, keys: str):
     from selenium.webdriver.common.action_chains import ActionChains
+
     ActionChains(driver).send_keys(keys).perform()
 
 
@@ -77,6 +93,7 @@ def _save_screenshot(driver, tmp_path: Path, name: str) -> Path:
 
 def test_rate_three_items_in_chromium(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
+
     experiment, links = served
     store = RatingStore.for_experiment(experiment)
     order = store.single_queue("Tess")
@@ -119,10 +136,14 @@ def test_rate_three_items_in_chromium(served, browser, tmp_path):
     assert not any(t in page for t in TARGETS), "the page reveals a system name"
     rows = {r["blind_id"]: r for r in store.ratings("Tess")}
     assert {uid: (r["correctness"], r["relevance"], r["helpfulness"], r["comment"]) for uid, r in rows.items()} == {
-        order[0]: (4, 5, 3, ""), order[1]: (2, 3, 1, "too vague"), order[2]: (5, 5, 5, "")}
+        order[0]: (4, 5, 3, ""),
+        order[1]: (2, 3, 1, "too vague"),
+        order[2]: (5, 5, 5, ""),
+    }
 
     # German UI, narrow window: the rubric is translated and the levels stack into one column
     from selenium.webdriver.support.ui import Select
+
     Select(browser.find_element(By.ID, "ui-lang")).select_by_value("de")
     _wait_text(browser, "progress-text", "3 von 12 bewertet")
     assert "Korrektheit" in browser.find_element(By.ID, "scales").text
@@ -135,6 +156,7 @@ def test_rate_three_items_in_chromium(served, browser, tmp_path):
 
 def test_pairwise_choice_in_chromium(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
+
     experiment, links = served
     store = RatingStore.for_experiment(experiment)
     browser.get(links["Pia"])
@@ -156,6 +178,7 @@ def test_two_raters_in_two_tabs_keep_their_own_ratings(served, browser):
     """Pia and Uwe in two tabs of one browser (shared localStorage and cookies): each save lands under the
     tab's own rater, and Uwe's tab, asking for Pia's item, gets no rating of Pia's."""
     from selenium.webdriver.common.by import By
+
     experiment, links = served
     store = RatingStore.for_experiment(experiment)
     tabs = {}
@@ -170,14 +193,19 @@ def test_two_raters_in_two_tabs_keep_their_own_ratings(served, browser):
         _keys(browser, keys)
         _wait_text(browser, "progress-text", "1 of 12 rated")
     pia_item, uwe_item = store.single_queue("Pia")[0], store.single_queue("Uwe")[0]
-    assert [(r["rater"], r["blind_id"], r["correctness"], r["relevance"]) for r in store.ratings()] == \
-        [("Pia", pia_item, 1, 2), ("Uwe", uwe_item, 5, 4)]
+    assert [(r["rater"], r["blind_id"], r["correctness"], r["relevance"]) for r in store.ratings()] == [
+        ("Pia", pia_item, 1, 2),
+        ("Uwe", uwe_item, 5, 4),
+    ]
     browser.switch_to.window(tabs["Uwe"])
-    seen = browser.execute_async_script("""
+    seen = browser.execute_async_script(
+        """
         const done = arguments[arguments.length - 1];
         const token = new URLSearchParams(location.search).get("token");
         fetch("api/item/" + arguments[0], {headers: {Authorization: "Bearer " + token}})
-          .then((r) => r.json()).then(done);""", pia_item)
+          .then((r) => r.json()).then(done);""",
+        pia_item,
+    )
     assert seen["rating"] is None if pia_item != uwe_item else seen["rating"]["correctness"] == 5
     browser.switch_to.window(tabs["Pia"])
     browser.refresh()

@@ -1,4 +1,5 @@
 """Report and champion rule on fixture experiments: content, HTML validity, champion.json, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,12 @@ def assert_valid_html(html: str, citation_links: bool = False) -> None:
     assert imgs and all(a.get("alt", "").strip() for a in imgs), "every plot needs alt text"
     assert all(a["src"].startswith("data:image/svg+xml;base64,") for a in imgs), "plots must be inline"
     keys = ("src",) if citation_links else ("src", "href")
-    external = [a for t, a in doc.tags for k in keys if re.match(r"(https?:)?//", a.get(k) or "")
-                and not (citation_links and t == "a")]
+    external = [
+        a
+        for t, a in doc.tags
+        for k in keys
+        if re.match(r"(https?:)?//", a.get(k) or "") and not (citation_links and t == "a")
+    ]
     assert not external, f"report must open offline, found external references {external}"
     ids = {a["id"] for _, a in doc.tags if "id" in a}
     anchors = [a["href"][1:] for t, a in doc.tags if t == "a" and (a.get("href") or "").startswith("#")]
@@ -83,11 +88,15 @@ def test_full_report_content(full, tmp_path):
     for figure in ("154.0 tokens/s", "263.1 tokens/s", "8.51 GiB RSS", "5.20 GiB VRAM", "12.4 min", "4,884,480"):
         assert figure in text, figure
     # quality with CIs: the champion's key-fact recall, from eval/summary.json
-    kfr = json.loads((full / "eval" / "summary.json").read_text())["targets"]["hf-lora"]["metrics"]["qa"]["key_fact_recall"]
+    kfr = json.loads((full / "eval" / "summary.json").read_text())["targets"]["hf-lora"]["metrics"]["qa"][
+        "key_fact_recall"
+    ]
     assert f"{kfr['mean'] * 100:.1f} %" in text
     assert f"95 % CI {kfr['ci_low'] * 100:.1f}–{kfr['ci_high'] * 100:.1f} %, n = 24" in text
     # paired comparisons: hf-lora beats base on key-fact recall, hf-qlora is worse than hf-lora
-    assert re.search(r"hf-lora base key-fact recall \+[\d.]+ pp 95 % CI \+[\d.]+ to \+[\d.]+ pp [\d.e-]+ [\d.e-]+ 24 better", text)
+    assert re.search(
+        r"hf-lora base key-fact recall \+[\d.]+ pp 95 % CI \+[\d.]+ to \+[\d.]+ pp [\d.e-]+ [\d.e-]+ 24 better", text
+    )
     assert re.search(r"hf-lora hf-qlora key-fact recall \+[\d.]+ pp .{0,60}better", text)
     # judge reliability and human agreement
     assert "reliable" in text and "95.0 % of 40 sanity cases" in text and "ρ = +0.62" in text
@@ -99,7 +108,16 @@ def test_full_report_content(full, tmp_path):
     assert "NVIDIA H100 80GB HBM3" in text and "6.00 GiB" in text
     # plots: one per requested view, with alt text that carries the numbers
     alts = {a["id"] if "id" in a else "": a for _, a in parse(html).tags}
-    for fig in ("fig-loss", "fig-throughput", "fig-memory", "fig-quality", "fig-topic", "fig-lang", "fig-pareto", "fig-forest"):
+    for fig in (
+        "fig-loss",
+        "fig-throughput",
+        "fig-memory",
+        "fig-quality",
+        "fig-topic",
+        "fig-lang",
+        "fig-pareto",
+        "fig-forest",
+    ):
         assert fig in alts, fig
     assert "Pareto front" in text
     summary = json.loads((index.parent / "summary.json").read_text())
@@ -147,7 +165,9 @@ def test_champion_json_is_written_with_rule_and_scores(plain):
     saved = json.loads((plain / "champion.json").read_text())
     assert saved == champion
     assert saved["system"] == "hf-lora" and saved["adapter_path"] == f"{plain}/hf-lora/adapter"
-    assert saved["base_model"] == "smollm2-135m-instruct" and saved["base_model_path"] == "/models/smollm2-135m-instruct"
+    assert (
+        saved["base_model"] == "smollm2-135m-instruct" and saved["base_model_path"] == "/models/smollm2-135m-instruct"
+    )
     assert saved["scores"]["key_fact_recall"]["ci_low"] > saved["vs_base"]["key_fact_recall"]["ci_low"] > 0
     assert {"mean", "ci_low", "ci_high", "n"} <= set(saved["scores"]["mc_acc"])
     assert "beats the base model" in saved["rule"] and saved["created_at"]
@@ -178,9 +198,14 @@ def _tied_pair(tmp_path, judge: bool | None):
     exp = tmp_path / f"tie-{judge}"
     fx.run_record(exp, "hf-lora", train_wall_s=700.0)
     fx.run_record(exp, "hf-qlora", train_wall_s=400.0)
-    fx.write_eval(exp, {"base": (fx.cycle([0]), fx.cycle([0, 1])),
-                        "hf-lora": (fx.cycle([1, 1 / 3, 2 / 3, 2 / 3]), fx.cycle([1, 1])),
-                        "hf-qlora": (fx.cycle([2 / 3, 2 / 3, 1, 1 / 3]), fx.cycle([1, 1]))})
+    fx.write_eval(
+        exp,
+        {
+            "base": (fx.cycle([0]), fx.cycle([0, 1])),
+            "hf-lora": (fx.cycle([1, 1 / 3, 2 / 3, 2 / 3]), fx.cycle([1, 1])),
+            "hf-qlora": (fx.cycle([2 / 3, 2 / 3, 1, 1 / 3]), fx.cycle([1, 1])),
+        },
+    )
     if judge is not None:
         fx.write_judge(exp, "j", judge, {"base": 1.5, "hf-lora": 4.0, "hf-qlora": 3.0})
     return decide(load_experiment(exp))
@@ -221,6 +246,7 @@ def test_malformed_eval_summary_names_the_file(plain, tmp_path):
 
 def test_cli_report_writes_champion_and_report(plain, tmp_path, capsys):
     from harness.cli import main
+
     assert main(["report", str(plain), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "champion: hf-lora" in out
@@ -234,7 +260,9 @@ def test_breakdown_tables_carry_cis(plain, tmp_path):
     summary = json.loads((plain / "eval" / "summary.json").read_text())
     de = summary["targets"]["hf-lora"]["by_lang"]["qa"]["de"]["key_fact_recall"]
     assert "QA key-fact recall (%) by language, with 95 % CIs" in text
-    assert f"{de['mean'] * 100:.1f} % 95 % CI {de['ci_low'] * 100:.1f}–{de['ci_high'] * 100:.1f} %, n = {de['n']}" in text
+    assert (
+        f"{de['mean'] * 100:.1f} % 95 % CI {de['ci_low'] * 100:.1f}–{de['ci_high'] * 100:.1f} %, n = {de['n']}" in text
+    )
 
 
 def test_paired_rows_carry_benjamini_hochberg_q(tmp_path):
@@ -243,11 +271,25 @@ def test_paired_rows_carry_benjamini_hochberg_q(tmp_path):
     from reports.load import Experiment
 
     def row(metric, task, p):
-        return {"task": task, "metric": metric, "a": "hf-lora", "b": "base", "delta": 0.01, "ci_low": 0.001,
-                "ci_high": 0.02, "p_value": p, "n": 50}
+        return {
+            "task": task,
+            "metric": metric,
+            "a": "hf-lora",
+            "b": "base",
+            "delta": 0.01,
+            "ci_low": 0.001,
+            "ci_high": 0.02,
+            "p_value": p,
+            "n": 50,
+        }
 
-    paired = [row("key_fact_recall", "qa", 0.01), row("acc", "mc", 0.04), row("rougeL", "qa", 0.03),
-              row("chrf", "qa", 0.5), row("bleu", "qa", None)]
+    paired = [
+        row("key_fact_recall", "qa", 0.01),
+        row("acc", "mc", 0.04),
+        row("rougeL", "qa", 0.03),
+        row("chrf", "qa", 0.5),
+        row("bleu", "qa", None),
+    ]
     exp = Experiment(dir=tmp_path, name="x", records={}, stages=None, eval={"paired": paired}, judges={}, human=None)
     q = {r["metric"]: r["q"] for r in paired_rows(exp)}
     assert q == {"key-fact recall": "0.04", "MC accuracy": "0.0533", "ROUGE-L": "0.0533", "chrF": "0.5", "BLEU": "–"}

@@ -4,6 +4,7 @@ what needs a setting no command line gives (a timeout no generation can meet, a 
 
 Nothing here depends on the machine's speed: tests that need the worker busy wait until /metrics shows it busy,
 on requests of thousands of tokens (the long-context copy of the tiny model) that are dropped, not finished."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,17 @@ def long_root(tmp_path_factory, tiny_model_dir):
 
 
 def _serve_args(root, tiny_model_dir, *extra):
-    return ["--runs-dir", str(root / "runs"), "--experiment", "fake", "--model-dir", str(tiny_model_dir),
-            "--torch-threads", "1", *extra]
+    return [
+        "--runs-dir",
+        str(root / "runs"),
+        "--experiment",
+        "fake",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--torch-threads",
+        "1",
+        *extra,
+    ]
 
 
 def _long_args(long_root, *extra):
@@ -55,16 +65,19 @@ def _long_args(long_root, *extra):
 
 @pytest.fixture(scope="module")
 def server(fake_root, tiny_model_dir):
-    with ServerProcess(_serve_args(fake_root, tiny_model_dir, "--max-new-tokens-cap", str(CAP),
-                                   "--max-body-bytes", "65536"), ready_timeout_s=READY_S,
-                       log_path=fake_root / "server.log") as srv:
+    with ServerProcess(
+        _serve_args(fake_root, tiny_model_dir, "--max-new-tokens-cap", str(CAP), "--max-body-bytes", "65536"),
+        ready_timeout_s=READY_S,
+        log_path=fake_root / "server.log",
+    ) as srv:
         yield srv
 
 
 def post(srv, path, body=None, raw=None, headers=None, **kw):
     data = raw if raw is not None else json.dumps(body)
-    return requests.post(f"{srv.url}{path}", data=data, headers={"Content-Type": "application/json",
-                                                                  **(headers or {})}, timeout=60, **kw)
+    return requests.post(
+        f"{srv.url}{path}", data=data, headers={"Content-Type": "application/json", **(headers or {})}, timeout=60, **kw
+    )
 
 
 def test_ready_reports_champion_and_merge_choice(server):
@@ -84,25 +97,33 @@ def test_generate_prompt_and_messages(server):
     assert body["model"] == "fake/hf-lora" and isinstance(body["text"], str)
     assert body["usage"]["completion_tokens"] == 12 and body["finish_reason"] == "length"
     assert body["usage"]["prompt_tokens"] > 0 and body["latency_ms"] > 0
-    r = post(server, "/generate", {"messages": [{"role": "user", "content": "What is a limiter?"}],
-                                   "max_new_tokens": 5, "temperature": 0})
+    r = post(
+        server,
+        "/generate",
+        {"messages": [{"role": "user", "content": "What is a limiter?"}], "max_new_tokens": 5, "temperature": 0},
+    )
     assert r.status_code == 200, r.text
     # the chat template wraps the question in <|im_start|> ... turns: many more tokens than the bare text
     assert r.json()["usage"]["prompt_tokens"] > 8 and r.json()["usage"]["completion_tokens"] <= 5
 
 
 def test_seed_reproducible_and_stop_strings_cut(server):
-    req = {"prompt": "Sidechain the bass to the kick", "max_new_tokens": 24, "ignore_eos": True,
-           "temperature": 1.0, "seed": 7}
+    req = {
+        "prompt": "Sidechain the bass to the kick",
+        "max_new_tokens": 24,
+        "ignore_eos": True,
+        "temperature": 1.0,
+        "seed": 7,
+    }
     first, again = post(server, "/generate", req).json(), post(server, "/generate", req).json()
     assert first["text"] == again["text"] and len(first["text"]) > 10
     other = post(server, "/generate", {**req, "seed": 8}).json()
     assert other["text"] != first["text"]
-    stop = first["text"][len(first["text"]) // 2:][:3]
+    stop = first["text"][len(first["text"]) // 2 :][:3]
     assert stop.strip(), first["text"]
     cut = post(server, "/generate", {**req, "stop": [stop]}).json()
     assert cut["finish_reason"] == "stop"
-    assert cut["text"] == first["text"][:first["text"].index(stop)]
+    assert cut["text"] == first["text"][: first["text"].index(stop)]
 
 
 def _sse_events(resp):
@@ -112,11 +133,17 @@ def _sse_events(resp):
 
 
 def test_stream_matches_non_stream(server):
-    body = {"model": "fake/hf-lora", "messages": [{"role": "user", "content": "EQ tips"}], "max_tokens": 16,
-            "seed": 3, "temperature": 0.8}
+    body = {
+        "model": "fake/hf-lora",
+        "messages": [{"role": "user", "content": "EQ tips"}],
+        "max_tokens": 16,
+        "seed": 3,
+        "temperature": 0.8,
+    }
     whole = post(server, "/v1/chat/completions", body).json()
-    with post(server, "/v1/chat/completions", {**body, "stream": True,
-                                               "stream_options": {"include_usage": True}}, stream=True) as r:
+    with post(
+        server, "/v1/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}}, stream=True
+    ) as r:
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
         events = list(_sse_events(r))
     assert events[-1] == "[DONE]"
@@ -131,18 +158,30 @@ def test_stream_matches_non_stream(server):
 
 def test_openai_client(server):
     from openai import OpenAI
+
     client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["fake/hf-lora"]
-    out = client.chat.completions.create(model="fake/hf-lora", messages=[{"role": "user", "content": "Reverb?"}],
-                                         max_tokens=6, logprobs=True, top_logprobs=3, temperature=0)
+    out = client.chat.completions.create(
+        model="fake/hf-lora",
+        messages=[{"role": "user", "content": "Reverb?"}],
+        max_tokens=6,
+        logprobs=True,
+        top_logprobs=3,
+        temperature=0,
+    )
     choice = out.choices[0]
     assert out.usage.completion_tokens == len(choice.logprobs.content) <= 6
     for tok in choice.logprobs.content:
         assert tok.logprob <= 0 and len(tok.top_logprobs) == 3
         # greedy: the chosen token is the most likely one
         assert tok.logprob == pytest.approx(tok.top_logprobs[0].logprob, abs=1e-5)
-    stream = client.chat.completions.create(model="fake/hf-lora", messages=[{"role": "user", "content": "Reverb?"}],
-                                            max_tokens=6, temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model="fake/hf-lora",
+        messages=[{"role": "user", "content": "Reverb?"}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+    )
     streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert streamed == choice.message.content
 
@@ -167,10 +206,24 @@ BAD_REQUESTS = [
     ("prompt longer than context", "/generate", {"prompt": LONG}, 400),
     ("bad role", "/v1/chat/completions", {"model": "fake/hf-lora", "messages": [{"role": "god", "content": "x"}]}, 400),
     ("empty messages", "/v1/chat/completions", {"model": "fake/hf-lora", "messages": []}, 400),
-    ("n > 1", "/v1/chat/completions", {"model": "fake/hf-lora", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
-    ("top_logprobs > 20", "/v1/chat/completions", {"model": "fake/hf-lora", "logprobs": True, "top_logprobs": 21,
-                                                   "messages": [{"role": "user", "content": "x"}]}, 400),
-    ("unknown model", "/v1/chat/completions", {"model": "../../etc/passwd", "messages": [{"role": "user", "content": "x"}]}, 404),
+    (
+        "n > 1",
+        "/v1/chat/completions",
+        {"model": "fake/hf-lora", "messages": [{"role": "user", "content": "x"}], "n": 2},
+        400,
+    ),
+    (
+        "top_logprobs > 20",
+        "/v1/chat/completions",
+        {"model": "fake/hf-lora", "logprobs": True, "top_logprobs": 21, "messages": [{"role": "user", "content": "x"}]},
+        400,
+    ),
+    (
+        "unknown model",
+        "/v1/chat/completions",
+        {"model": "../../etc/passwd", "messages": [{"role": "user", "content": "x"}]},
+        404,
+    ),
     ("oversize body", "/generate", {"prompt": "x" * 70000}, 413),
 ]
 
@@ -197,7 +250,9 @@ def test_metrics_and_openapi(server):
     assert 'musicprod_requests_total{endpoint="/generate",status="200"}' in text
     assert 'musicprod_requests_total{endpoint="/generate",status="400"}' in text
     assert "musicprod_request_latency_seconds_bucket" in text and "musicprod_queue_depth" in text
-    generated = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("musicprod_generated_tokens_total")]
+    generated = [
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("musicprod_generated_tokens_total")
+    ]
     assert generated and generated[0] >= 3
     spec = requests.get(f"{server.url}/openapi.json", timeout=5).json()
     assert spec["openapi"].startswith("3.")
@@ -232,8 +287,9 @@ def test_load_200_requests_at_c16_no_5xx_flat_rss(server):
 def strict_server(long_root):
     """Queue of 1, no batching, API key: for 401 and 429."""
     args = _long_args(long_root, "--queue-size", "1", "--max-batch", "1", "--timeout-s", "120")
-    with ServerProcess(args, env={"MUSICPROD_API_KEY": "s3cret"}, ready_timeout_s=READY_S,
-                       log_path=long_root / "strict.log") as srv:
+    with ServerProcess(
+        args, env={"MUSICPROD_API_KEY": "s3cret"}, ready_timeout_s=READY_S, log_path=long_root / "strict.log"
+    ) as srv:
         yield srv
 
 
@@ -254,10 +310,25 @@ def test_non_local_bind_without_key_is_refused(fake_root, tiny_model_dir):
 
     from harness import OFFLINE_ENV
     from server.main import check_bind
+
     env = {k: v for k, v in os.environ.items() if k != "MUSICPROD_API_KEY"} | OFFLINE_ENV
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "serve", "--host", "0.0.0.0", "--port", "0",
-                           *_serve_args(fake_root, tiny_model_dir)], env=env, capture_output=True, text=True,
-                          timeout=120)  # the old code started listening here and never returned
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            *_serve_args(fake_root, tiny_model_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # the old code started listening here and never returned
     assert proc.returncode == 2 and "MUSICPROD_API_KEY" in proc.stderr and "--insecure-no-key" in proc.stderr
     assert "listening" not in proc.stdout
     for host in ("0.0.0.0", "::", "192.168.1.5", "example.org"):
@@ -293,19 +364,23 @@ def test_full_queue_429_and_timeout_504(strict_server, local_client):
     client = local_client(request_timeout_s=1e-6)
     r = client.post("/generate", json={"prompt": "x", "max_new_tokens": 4})
     assert r.status_code == 504 and r.get_json()["error"]["type"] == "timeout_error"
-    r = client.post("/v1/chat/completions", json={"model": "fake/hf-lora", "max_tokens": 4, "stream": True,
-                                                  "messages": [{"role": "user", "content": "x"}]})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "fake/hf-lora", "max_tokens": 4, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 504 and r.get_json()["error"]["code"] == "timeout"  # before any token: a real 504
 
 
 # ---------------------------------------------------------------------------------------- load and disconnects
 
+
 @pytest.fixture(scope="module")
 def busy_server(long_root):
     """Default queue (64) and batch (16), default threads; a long batch window so that 16 requests sent together
     really form one batch, and a token budget that lets 16 long requests share it."""
-    args = _long_args(long_root, "--batch-window-ms", "5000", "--max-batch-tokens", str(16 * (LONG_TOKENS + 16)),
-                      "--timeout-s", "600")
+    args = _long_args(
+        long_root, "--batch-window-ms", "5000", "--max-batch-tokens", str(16 * (LONG_TOKENS + 16)), "--timeout-s", "600"
+    )
     with ServerProcess(args, ready_timeout_s=READY_S, log_path=long_root / "busy.log") as srv:
         yield srv
 
@@ -358,8 +433,9 @@ def test_dropped_client_stops_its_generation(busy_server):
     dropped_before = metric(url, "musicprod_client_disconnects_total")
     sock = send_request(url, "/generate", HOLD)
     try:
-        wait_until(lambda: metric(url, "musicprod_generated_tokens_total") > tokens_before + 8, 120,
-                   "the generation to start")
+        wait_until(
+            lambda: metric(url, "musicprod_generated_tokens_total") > tokens_before + 8, 120, "the generation to start"
+        )
     finally:
         sock.close()
     wait_until(lambda: _gauges(url) == (0, 0), 60, "the worker to drop the row")
@@ -371,6 +447,7 @@ def test_dropped_client_stops_its_generation(busy_server):
 
 
 # ---------------------------------------------------------------------------------------------- in-process app
+
 
 @pytest.fixture(scope="module")
 def local_engine(fake_root, tiny_model_dir):
@@ -386,6 +463,7 @@ def local_engine(fake_root, tiny_model_dir):
 def local_client(local_engine):
     def make(**settings):
         return create_app(local_engine, ServeSettings(**settings)).test_client()
+
     return make
 
 
@@ -415,10 +493,18 @@ def _small_vocab_model(tiny_model_dir) -> LoadedModel:
     """A real model whose 8-token vocabulary is far smaller than its tokenizer's: generation fails inside
     torch's embedding lookup (IndexError: index out of range in self)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.pad_token = tok.pad_token or tok.eos_token
-    config = LlamaConfig(vocab_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     return LoadedModel(LlamaForCausalLM(config).eval(), tok, {"model_id": "broken/small-vocab", "context_length": 512})
 
 
@@ -437,9 +523,18 @@ def test_errors_name_no_paths_and_no_exception_text(tiny_model_dir, tmp_path):
     broken.load(lambda: _small_vocab_model(tiny_model_dir))
     client = create_app(broken, ServeSettings()).test_client()
     try:
-        for path, body in (("/generate", {"prompt": "Compression ratio", "max_new_tokens": 2}),
-                           ("/v1/chat/completions", {"model": "broken/small-vocab", "stream": True, "max_tokens": 2,
-                                                     "messages": [{"role": "user", "content": "EQ"}]})):
+        for path, body in (
+            ("/generate", {"prompt": "Compression ratio", "max_new_tokens": 2}),
+            (
+                "/v1/chat/completions",
+                {
+                    "model": "broken/small-vocab",
+                    "stream": True,
+                    "max_tokens": 2,
+                    "messages": [{"role": "user", "content": "EQ"}],
+                },
+            ),
+        ):
             r = client.post(path, json=body)
             assert r.status_code == 500, r.data
             text = r.get_data(as_text=True)
@@ -476,8 +571,12 @@ def test_dns_rebinding_host_is_refused(local_client):
         assert r.status_code == 400 and r.get_json()["error"]["code"] == "untrusted_host", host
     for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000"):
         assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
-    assert local_client(allowed_hosts=allowed_hosts("0.0.0.0")).get(
-        "/v1/models", headers={"Host": "whatever.example"}).status_code == 200  # wildcard bind: the key guards it
+    assert (
+        local_client(allowed_hosts=allowed_hosts("0.0.0.0"))
+        .get("/v1/models", headers={"Host": "whatever.example"})
+        .status_code
+        == 200
+    )  # wildcard bind: the key guards it
 
 
 def _chat(**fields) -> dict:
@@ -519,19 +618,37 @@ def test_real_135m_champion_over_http(tmp_path, model_cache):
     from pathlib import Path
 
     from openai import OpenAI
+
     base = Path(model_cache) / "smollm2-135m-instruct"
     make_experiment(tmp_path, base, name="real", nonzero=False)  # PEFT's default init: B = 0, the base's answers
-    args = ["--runs-dir", str(tmp_path / "runs"), "--experiment", "real", "--max-new-tokens-cap", "256",
-            "--merge", "yes", "--torch-threads", "1"]  # the auto merge timing is covered on the tiny model
+    args = [
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--experiment",
+        "real",
+        "--max-new-tokens-cap",
+        "256",
+        "--merge",
+        "yes",
+        "--torch-threads",
+        "1",
+    ]  # the auto merge timing is covered on the tiny model
     with ServerProcess(args, ready_timeout_s=600, log_path=tmp_path / "server.log") as srv:
         assert srv.load_info["merge"] == "merged" and srv.load_info["context_length"] == 8192
         client = OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
-        out = client.chat.completions.create(model="real/hf-lora", temperature=0, max_tokens=48,
-                                             messages=[{"role": "user", "content": "What does an audio compressor do?"}])
+        out = client.chat.completions.create(
+            model="real/hf-lora",
+            temperature=0,
+            max_tokens=48,
+            messages=[{"role": "user", "content": "What does an audio compressor do?"}],
+        )
         text = out.choices[0].message.content
         assert len(text.split()) >= 5 and "<|im_" not in text
-        r = post(srv, "/generate", {"messages": [{"role": "user", "content": "Say hi."}], "max_new_tokens": 200,
-                                    "temperature": 0})
+        r = post(
+            srv,
+            "/generate",
+            {"messages": [{"role": "user", "content": "Say hi."}], "max_new_tokens": 200, "temperature": 0},
+        )
         # an instruct model ends its turn with <|im_end|> long before 200 tokens on this prompt
         assert r.status_code == 200 and r.json()["finish_reason"] == "stop"
         assert r.json()["usage"]["completion_tokens"] < 200

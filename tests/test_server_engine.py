@@ -1,4 +1,5 @@
 """The model worker in-process: batching, left padding, one thread inside generate, and where models may come from."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,9 @@ def test_left_padding_does_not_change_outputs(engine):
     candidates are 1e-3 apart: padding moves logits by ~1e-6, so a nearer tie may legitimately break the other
     way, after which the two continuations need not agree."""
     short = engine.encode_prompt("Kick")
-    longer = [engine.encode_prompt("A much longer prompt about mixing the low end of a dance track " * k)
-              for k in (1, 2, 3)]
+    longer = [
+        engine.encode_prompt("A much longer prompt about mixing the low end of a dance track " * k) for k in (1, 2, 3)
+    ]
     params = dict(max_new_tokens=8, temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
     alone = _request(short, **params)
     engine.generate([alone])
@@ -114,8 +116,11 @@ def test_never_two_threads_inside_the_model(engine):
     model.forward = counting_forward
     try:
         with ThreadPoolExecutor(16) as pool:
-            outs = list(pool.map(lambda i: _run(engine, engine.encode_prompt(f"q{i}"), max_new_tokens=4 + i % 4,
-                                                seed=i), range(32)))
+            outs = list(
+                pool.map(
+                    lambda i: _run(engine, engine.encode_prompt(f"q{i}"), max_new_tokens=4 + i % 4, seed=i), range(32)
+                )
+            )
     finally:
         model.forward = original
     assert peak[0] == 1

@@ -3,6 +3,7 @@ operation, none may get a 5xx.
 
 CI runs >= 500 cases; MUSICPROD_FUZZ_CASES=1000 (or more) runs that many, spread over the operations.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,24 @@ EXAMPLES_PER_MODE = math.ceil(MIN_CASES / 4)
 def fuzz_server(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("fuzz")
     make_experiment(root, tiny_model_dir)
-    args = ["--runs-dir", str(root / "runs"), "--experiment", "fake", "--model-dir", str(tiny_model_dir),
-            "--torch-threads", "1", "--max-new-tokens-cap", "4", "--max-body-bytes", "65536",
-            "--merge", "yes", "--dtype", "float32"]
+    args = [
+        "--runs-dir",
+        str(root / "runs"),
+        "--experiment",
+        "fake",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--torch-threads",
+        "1",
+        "--max-new-tokens-cap",
+        "4",
+        "--max-body-bytes",
+        "65536",
+        "--merge",
+        "yes",
+        "--dtype",
+        "float32",
+    ]
     with ServerProcess(args, ready_timeout_s=1200, log_path=root / "server.log") as srv:  # a busy machine: minutes
         yield srv
 
@@ -36,8 +52,7 @@ def fuzz_server(tmp_path_factory, tiny_model_dir):
 def test_schemathesis_no_server_errors(fuzz_server):
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/generate", "/v1/chat/completions", "/v1/models", "/metrics",
-                                               "/info"}
+    assert {op.path for op in operations} >= {"/generate", "/v1/chat/completions", "/v1/models", "/metrics", "/info"}
     seen: list[tuple[str, int]] = []
     for op in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -45,8 +60,13 @@ def test_schemathesis_no_server_errors(fuzz_server):
                 continue  # nothing to violate: no parameters, no body
 
             @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES_PER_MODE,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case):
                 response = case.call(base_url=fuzz_server.url, timeout=30)
                 seen.append((f"{op.method.upper()} {op.path} {mode.value}", response.status_code))
@@ -54,6 +74,7 @@ def test_schemathesis_no_server_errors(fuzz_server):
 
             run()
     from collections import Counter
+
     print(f"\nschemathesis: {len(seen)} cases", dict(Counter(seen)))
     statuses = {s for _, s in seen}
     assert len(seen) >= MIN_CASES, f"only {len(seen)} cases ran"

@@ -1,4 +1,5 @@
 """Training smoke tests: each system in its own process, on a tiny random Llama (and one real-model run)."""
+
 import json
 import math
 from pathlib import Path
@@ -9,14 +10,43 @@ from harness.config import load_config
 from harness.models import ResolvedModel
 from harness.pipeline import train_system
 
-REQUIRED = ["system", "status", "base_model", "config", "data", "versions", "git_sha", "device", "trainable_params",
-            "total_params", "steps", "train_tokens", "train_wall_s", "train_tokens_per_s", "peak_rss_mib",
-            "loss_curve", "final_train_loss", "validation_loss", "adapter_path", "effective_settings", "wall_s"]
+REQUIRED = [
+    "system",
+    "status",
+    "base_model",
+    "config",
+    "data",
+    "versions",
+    "git_sha",
+    "device",
+    "trainable_params",
+    "total_params",
+    "steps",
+    "train_tokens",
+    "train_wall_s",
+    "train_tokens_per_s",
+    "peak_rss_mib",
+    "loss_curve",
+    "final_train_loss",
+    "validation_loss",
+    "adapter_path",
+    "effective_settings",
+    "wall_s",
+]
 
 
 def run(tmp_path, system, model_dir, dataset, *extra):
-    overrides = [f"runs_dir={tmp_path / 'runs'}", "name=t", f"data.train_path={dataset}", "train.max_steps=3",
-                 "train.logging_steps=1", "train.batch_size=4", "data.validation_fraction=0.2", "train.compile=false", *extra]
+    overrides = [
+        f"runs_dir={tmp_path / 'runs'}",
+        "name=t",
+        f"data.train_path={dataset}",
+        "train.max_steps=3",
+        "train.logging_steps=1",
+        "train.batch_size=4",
+        "data.validation_fraction=0.2",
+        "train.compile=false",
+        *extra,
+    ]
     cfg = load_config(None, overrides)
     model = ResolvedModel("tiny", str(model_dir), "0" * 64, {})
     return train_system(cfg, None, overrides, system, model)
@@ -62,9 +92,18 @@ def test_unsloth_is_skipped_without_cuda(tmp_path, tiny_model_dir, tiny_dataset,
 @pytest.mark.integration
 def test_real_smollm2_loss_goes_down(tmp_path, model_cache, tiny_dataset):
     model = ResolvedModel("smollm2-135m-instruct", str(Path(model_cache) / "smollm2-135m-instruct"), None, {})
-    overrides = [f"runs_dir={tmp_path / 'runs'}", "name=real", f"data.train_path={tiny_dataset}",
-                 "train.max_steps=8", "train.logging_steps=1", "train.batch_size=4", "train.learning_rate=0.001",
-                 "train.lr_scheduler=constant", "train.warmup_ratio=0", "data.validation_fraction=0.1"]
+    overrides = [
+        f"runs_dir={tmp_path / 'runs'}",
+        "name=real",
+        f"data.train_path={tiny_dataset}",
+        "train.max_steps=8",
+        "train.logging_steps=1",
+        "train.batch_size=4",
+        "train.learning_rate=0.001",
+        "train.lr_scheduler=constant",
+        "train.warmup_ratio=0",
+        "data.validation_fraction=0.1",
+    ]
     record = train_system(load_config(None, overrides), None, overrides, "hf-lora", model)
     assert record["status"] == "ok", record.get("traceback")
     losses = [p["loss"] for p in record["loss_curve"]]
@@ -79,13 +118,28 @@ def test_loss_is_on_the_answer_only(tmp_path, tiny_model_dir, tiny_dataset):
     from transformers import AutoTokenizer
 
     from trainers import common, hf
-    cfg = load_config(None, [f"runs_dir={tmp_path}", f"data.train_path={tiny_dataset}", "data.validation_fraction=0",
-                             "train.batch_size=4", "train.max_steps=1", "train.bf16=false", "train.compile=false"])
+
+    cfg = load_config(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            f"data.train_path={tiny_dataset}",
+            "data.validation_fraction=0",
+            "train.batch_size=4",
+            "train.max_steps=1",
+            "train.bf16=false",
+            "train.compile=false",
+        ],
+    )
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = get_peft_model(hf.load_model(str(tiny_model_dir), cfg, False, cuda=False), hf.lora_config(cfg))
     train_ds, _, _ = common.load_splits(cfg)
-    trainer = common.sft_trainer_class()(model=model, args=common.sft_config(cfg, tmp_path / "t", use_cpu=True),
-                                         train_dataset=train_ds, processing_class=tok)
+    trainer = common.sft_trainer_class()(
+        model=model,
+        args=common.sft_config(cfg, tmp_path / "t", use_cpu=True),
+        train_dataset=train_ds,
+        processing_class=tok,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
         text = tok.decode(ids[mask.bool()])
@@ -107,8 +161,15 @@ def test_compiled_training_matches_eager(tmp_path, tiny_model_dir, tiny_dataset)
     """train.compile (per-layer torch.compile, the CPU default) changes speed, not the loss curve."""
     curves = {}
     for compiled in (False, True):
-        record = run(tmp_path / str(compiled), "hf-lora", tiny_model_dir, tiny_dataset, f"train.compile={compiled}",
-                     "train.bf16=false", "train.max_steps=4")
+        record = run(
+            tmp_path / str(compiled),
+            "hf-lora",
+            tiny_model_dir,
+            tiny_dataset,
+            f"train.compile={compiled}",
+            "train.bf16=false",
+            "train.max_steps=4",
+        )
         assert record["status"] == "ok", record.get("traceback")
         assert record["effective_settings"]["torch_compile"] is compiled
         curves[compiled] = [p["loss"] for p in record["loss_curve"]]
@@ -131,6 +192,7 @@ def test_chunked_answer_loss_has_the_same_value_and_gradients(tiny_model_dir, mo
     from transformers import AutoModelForCausalLM
 
     from trainers import common
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.randint(5, 200, (2, 12))
     labels = ids.clone()
@@ -143,16 +205,25 @@ def test_chunked_answer_loss_has_the_same_value_and_gradients(tiny_model_dir, mo
         model.zero_grad()
         loss = common.completion_only_loss(model, inputs)
         loss.backward()
-        grads[chunk] = (loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone(),
-                        model.lm_head.weight.grad.clone())
+        grads[chunk] = (
+            loss.item(),
+            model.model.layers[0].mlp.up_proj.weight.grad.clone(),
+            model.lm_head.weight.grad.clone(),
+        )
     assert grads[3][0] == pytest.approx(grads[10_000][0], rel=1e-6)
     for a, b in zip(grads[3][1:], grads[10_000][1:]):
         assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_trains_from_an_alpaca_jsonl_file(tmp_path, tiny_model_dir):
-    rows = [{"instruction": f"What ratio suits source {i}?", "input": "",
-             "output": "A 4:1 ratio turns every 4 dB over the threshold into 1 dB."} for i in range(12)]
+    rows = [
+        {
+            "instruction": f"What ratio suits source {i}?",
+            "input": "",
+            "output": "A 4:1 ratio turns every 4 dB over the threshold into 1 dB.",
+        }
+        for i in range(12)
+    ]
     data = tmp_path / "alpaca.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     record = run(tmp_path, "hf-lora", tiny_model_dir, data, "train.max_steps=2")

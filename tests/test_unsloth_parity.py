@@ -6,6 +6,7 @@ its real `train()` run in a fresh process against a stand-in `unsloth` module th
 keyword arguments (FastLanguageModel.from_pretrained / get_peft_model of unsloth 2026.10.9), records them and
 loads with transformers + PEFT. The stand-in replaces the third-party library only; our code path runs as is.
 """
+
 import json
 import os
 import subprocess
@@ -19,16 +20,45 @@ from harness.config import load_config
 from harness.registry import get_system
 
 REPO = Path(__file__).resolve().parent.parent
-PARITY_KEYS = ["learning_rate", "lr_scheduler", "warmup", "batch_size", "grad_accum", "epochs", "max_steps",
-               "max_length", "target_modules", "lora_r", "lora_alpha", "lora_dropout", "seed", "bf16"]
+PARITY_KEYS = [
+    "learning_rate",
+    "lr_scheduler",
+    "warmup",
+    "batch_size",
+    "grad_accum",
+    "epochs",
+    "max_steps",
+    "max_length",
+    "target_modules",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "seed",
+    "bf16",
+]
 
 
 def config(tmp_path, dataset, *extra):
-    return load_config(None, [f"runs_dir={tmp_path / 'runs'}", "name=p", f"data.train_path={dataset}",
-                              "train.max_steps=1", "train.batch_size=2", "train.grad_accum=2",
-                              "train.learning_rate=3e-4", "train.max_length=256", "lora.r=8", "lora.alpha=16",
-                              "lora.dropout=0.05", "lora.target_modules=[q_proj,v_proj,down_proj]",
-                              "data.validation_fraction=0", "data.max_train_items=4", *extra])
+    return load_config(
+        None,
+        [
+            f"runs_dir={tmp_path / 'runs'}",
+            "name=p",
+            f"data.train_path={dataset}",
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "train.grad_accum=2",
+            "train.learning_rate=3e-4",
+            "train.max_length=256",
+            "lora.r=8",
+            "lora.alpha=16",
+            "lora.dropout=0.05",
+            "lora.target_modules=[q_proj,v_proj,down_proj]",
+            "data.validation_fraction=0",
+            "data.max_train_items=4",
+            *extra,
+        ],
+    )
 
 
 def hf_settings(cfg, system_name, model_dir, out_dir) -> dict:
@@ -37,55 +67,91 @@ def hf_settings(cfg, system_name, model_dir, out_dir) -> dict:
     from transformers import AutoTokenizer
 
     from trainers import common, hf
+
     system = get_system(system_name)
     runtime = common.planned_runtime(cfg, cuda=False)
     model = get_peft_model(hf.load_model(str(model_dir), cfg, system.quantized, cuda=False), hf.lora_config(cfg))
     model = common.apply_runtime(model, runtime)
     train_ds, _, _ = common.load_splits(cfg)
-    trainer = common.sft_trainer_class()(model=model, args=common.sft_config(cfg, out_dir, use_cpu=True),
-                                         train_dataset=train_ds,
-                                         processing_class=AutoTokenizer.from_pretrained(model_dir))
-    return {"effective_settings": common.effective_settings(trainer.args, common.model_lora_settings(model),
-                                                            common.runtime_settings(model, runtime)),
-            "model_loading": common.model_load_settings(model)}
+    trainer = common.sft_trainer_class()(
+        model=model,
+        args=common.sft_config(cfg, out_dir, use_cpu=True),
+        train_dataset=train_ds,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    return {
+        "effective_settings": common.effective_settings(
+            trainer.args, common.model_lora_settings(model), common.runtime_settings(model, runtime)
+        ),
+        "model_loading": common.model_load_settings(model),
+    }
 
 
 def test_importing_the_unsloth_trainer_patches_nothing_early():
     """The worker and unsloth_sut import no transformers/trl/peft before `import unsloth` can run."""
-    code = ("import sys, trainers.worker, trainers.unsloth_sut as u; "
-            "print([m for m in u.PATCHED_LIBRARIES if m in sys.modules])")
+    code = (
+        "import sys, trainers.worker, trainers.unsloth_sut as u; "
+        "print([m for m in u.PATCHED_LIBRARIES if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_four_systems_share_effective_settings(tmp_path, tiny_model_dir, tiny_dataset):
     from trainers import unsloth_sut
+
     cfg = config(tmp_path, tiny_dataset)
     got = {s: hf_settings(cfg, s, tiny_model_dir, tmp_path / s) for s in ("hf-lora", "hf-qlora")}
-    got |= {s: unsloth_sut.planned_settings(cfg, get_system(s), tmp_path / s) for s in ("unsloth-lora", "unsloth-qlora")}
+    got |= {
+        s: unsloth_sut.planned_settings(cfg, get_system(s), tmp_path / s) for s in ("unsloth-lora", "unsloth-qlora")
+    }
     reference = got["hf-lora"]["effective_settings"]
     for system, plan in got.items():
         assert plan["effective_settings"] == reference, system
     # the experiment's values really arrive (not four copies of one wrong default)
     assert {k: reference[k] for k in PARITY_KEYS} == {
-        "learning_rate": 3e-4, "lr_scheduler": "cosine", "warmup": 0.05, "batch_size": 2, "grad_accum": 2,
-        "epochs": 1.0, "max_steps": 1, "max_length": 256, "target_modules": ["down_proj", "q_proj", "v_proj"],
-        "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "seed": 42, "bf16": True}
+        "learning_rate": 3e-4,
+        "lr_scheduler": "cosine",
+        "warmup": 0.05,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "epochs": 1.0,
+        "max_steps": 1,
+        "max_length": 256,
+        "target_modules": ["down_proj", "q_proj", "v_proj"],
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.05,
+        "seed": 42,
+        "bf16": True,
+    }
     assert reference["padding_free"] is False and reference["completion_only_loss"] is True
     # 16-bit pair and 4-bit pair load their base identically
-    assert got["hf-lora"]["model_loading"] == got["unsloth-lora"]["model_loading"] == {"dtype": "bfloat16", "quantization": None}
+    assert (
+        got["hf-lora"]["model_loading"]
+        == got["unsloth-lora"]["model_loading"]
+        == {"dtype": "bfloat16", "quantization": None}
+    )
     assert got["hf-qlora"]["model_loading"] == got["unsloth-qlora"]["model_loading"]
     assert got["hf-qlora"]["model_loading"]["quantization"] == {
-        "load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
+        "load_in_4bit": True,
+        "quant_type": "nf4",
+        "double_quant": True,
+        "compute_dtype": "bfloat16",
+    }
 
 
 def test_a_changed_setting_shows_in_the_unsloth_plan(tmp_path, tiny_dataset):
     """The plan follows the config (a hard-coded plan would pass the parity test by luck)."""
     from trainers import unsloth_sut
+
     system = get_system("unsloth-qlora")
     base = unsloth_sut.planned_settings(config(tmp_path, tiny_dataset), system, tmp_path)
-    changed = unsloth_sut.planned_settings(config(tmp_path, tiny_dataset, "train.grad_accum=4", "quant.quant_type=fp4",
-                                                  "train.max_length=128"), system, tmp_path)
+    changed = unsloth_sut.planned_settings(
+        config(tmp_path, tiny_dataset, "train.grad_accum=4", "quant.quant_type=fp4", "train.max_length=128"),
+        system,
+        tmp_path,
+    )
     assert changed["effective_settings"]["grad_accum"] == 4 != base["effective_settings"]["grad_accum"]
     assert changed["effective_settings"]["max_length"] == 128
     assert changed["model_loading"]["quantization"]["quant_type"] == "fp4"
@@ -142,16 +208,28 @@ print("RESULT " + json.dumps({"calls": CALLS, "figures": {k: figures[k] for k in
 
 @pytest.mark.parametrize("system", ["unsloth-lora", "unsloth-qlora"])
 def test_unsloth_train_passes_the_hf_systems_settings(tmp_path, tiny_model_dir, tiny_dataset, system):
-    cfg_args = [f"runs_dir={tmp_path / 'runs'}", "name=p", f"data.train_path={tiny_dataset}", "train.max_steps=1",
-                "train.batch_size=2", "train.grad_accum=2", "train.max_length=256", "lora.r=8", "lora.alpha=16",
-                "lora.dropout=0.05", "lora.target_modules=[q_proj,v_proj,down_proj]", "data.validation_fraction=0",
-                "data.max_train_items=4"]
+    cfg_args = [
+        f"runs_dir={tmp_path / 'runs'}",
+        "name=p",
+        f"data.train_path={tiny_dataset}",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "train.max_length=256",
+        "lora.r=8",
+        "lora.alpha=16",
+        "lora.dropout=0.05",
+        "lora.target_modules=[q_proj,v_proj,down_proj]",
+        "data.validation_fraction=0",
+        "data.max_train_items=4",
+    ]
     script = tmp_path / "standin.py"
     script.write_text(STANDIN)
     spec = {"overrides": cfg_args, "system": system, "model": str(tiny_model_dir), "out": str(tmp_path / system)}
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(script), json.dumps(spec)], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script), json.dumps(spec)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
     loaded, peft = result["calls"]["from_pretrained"], result["calls"]["get_peft_model"]
@@ -171,19 +249,26 @@ def test_unsloth_train_passes_the_hf_systems_settings(tmp_path, tiny_model_dir, 
 
 # --- musicprod bench gpu: what can be checked without a GPU ---------------------------------------------------
 
+
 def musicprod(*args):
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bench_gpu_dry_run_prints_the_plan():
-    out = musicprod("bench", "gpu", "--dry-run", "--seq-lens", "512,2048", "--synthetic-steps", "7", "train.max_steps=9")
+    out = musicprod(
+        "bench", "gpu", "--dry-run", "--seq-lens", "512,2048", "--synthetic-steps", "7", "train.max_steps=9"
+    )
     assert out.returncode == 0, out.stderr
     lines = [row.split() for row in out.stdout.splitlines() if row.startswith("  gpu-")]
     assert len(lines) == 12  # 4 systems x (real + 2 sequence lengths)
-    assert {(row[0], row[1]) for row in lines} == {(e, s) for e in ("gpu-real", "gpu-synthetic-s512", "gpu-synthetic-s2048")
-                                             for s in ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")}
+    assert {(row[0], row[1]) for row in lines} == {
+        (e, s)
+        for e in ("gpu-real", "gpu-synthetic-s512", "gpu-synthetic-s2048")
+        for s in ("hf-lora", "hf-qlora", "unsloth-lora", "unsloth-qlora")
+    }
     real = [row for row in lines if row[0] == "gpu-real"]
     assert all(row[2] == "false" and row[5] == "9" for row in real)
     assert {(row[3], row[4], row[5]) for row in lines if row[0] == "gpu-synthetic-s2048"} == {("2048", "4", "7")}
@@ -200,6 +285,7 @@ def test_bench_gpu_refuses_without_cuda():
 
 def test_mfu_uses_the_known_peak_or_none():
     from harness.bench.gpu import flops_per_token, mfu, peak_bf16_tflops
+
     assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and peak_bf16_tflops("NVIDIA L4") == 121.0
     assert peak_bf16_tflops("NVIDIA GeForce RTX 4090") is None and mfu(1e5, 1e9, "RTX 4090") is None
@@ -213,10 +299,16 @@ def test_synthetic_model_is_llama_32_1b_shaped_with_the_tokenizer_vocabulary(mod
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from harness.bench.gpu import synthetic_config
+
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")
     config = synthetic_config(len(tok), tok.eos_token_id, tok.pad_token_id, tok.bos_token_id)
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
-            config.intermediate_size) == (2048, 16, 32, 8, 8192)
+    assert (
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.intermediate_size,
+    ) == (2048, 16, 32, 8, 8192)
     assert config.vocab_size == len(tok) == 49152
     with torch.device("meta"):
         n = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
@@ -229,6 +321,7 @@ def test_synthetic_dataset_is_longer_than_the_sequence_length(tmp_path, model_ca
 
     from harness.bench.gpu import synthetic_dataset
     from harness.data.load import load_training_set
+
     path = synthetic_dataset(tmp_path / "s.json", "data/music_production_dataset.json", min_chars=512 * 6, n_items=5)
     rows = load_training_set(path)  # passes the training-set checks
     tok = AutoTokenizer.from_pretrained(Path(model_cache) / "smollm2-135m-instruct")

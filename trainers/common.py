@@ -2,6 +2,7 @@
 
 Import only after `unsloth` in Unsloth processes (it patches transformers/trl on import).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ WARMUP_STEPS_EXCLUDED = 2  # first optimizer steps pay one-off costs (allocator,
 
 def load_splits(cfg: ExperimentConfig):
     from datasets import Dataset
+
     train, val = experiment_rows(cfg.data, cfg.train.seed)
     shape = lambda rs: Dataset.from_list([to_prompt_completion(r, cfg.data.system_prompt) for r in rs])
     return shape(train), (shape(val) if val else None), dataset_fingerprint(cfg.data, train, val)
@@ -82,18 +84,32 @@ def effective_settings(args: SFTConfig, lora: dict, runtime: dict) -> dict:
     from the live process and model (`runtime_settings`). One pure function for every system, so a difference in
     the record is a difference in what ran.
     """
-    return {**runtime,
-        "learning_rate": args.learning_rate, "lr_scheduler": _plain(args.lr_scheduler_type),
-        "warmup": args.warmup_steps, "batch_size": args.per_device_train_batch_size,
-        "grad_accum": args.gradient_accumulation_steps, "epochs": args.num_train_epochs, "max_steps": args.max_steps,
+    return {
+        **runtime,
+        "learning_rate": args.learning_rate,
+        "lr_scheduler": _plain(args.lr_scheduler_type),
+        "warmup": args.warmup_steps,
+        "batch_size": args.per_device_train_batch_size,
+        "grad_accum": args.gradient_accumulation_steps,
+        "epochs": args.num_train_epochs,
+        "max_steps": args.max_steps,
         "num_processes": args.world_size,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-        "max_length": args.max_length, "seed": args.seed, "bf16": args.bf16, "fp16": args.fp16,
-        "completion_only_loss": args.completion_only_loss, "packing": args.packing, "padding_free": args.padding_free,
-        "optimizer": _plain(args.optim), "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "bf16": args.bf16,
+        "fp16": args.fp16,
+        "completion_only_loss": args.completion_only_loss,
+        "packing": args.packing,
+        "padding_free": args.padding_free,
+        "optimizer": _plain(args.optim),
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
         "gradient_checkpointing": args.gradient_checkpointing,
         "average_tokens_across_devices": args.average_tokens_across_devices,
-        "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+        "lora_r": lora["r"],
+        "lora_alpha": lora["alpha"],
+        "lora_dropout": lora["dropout"],
         "target_modules": sorted(lora["target_modules"]),
     }
 
@@ -122,16 +138,21 @@ def quantization_settings(quantization_config) -> dict | None:
     q = quantization_config if isinstance(quantization_config, dict) else quantization_config.to_dict()
     if not q.get("load_in_4bit"):
         return None
-    return {"load_in_4bit": True, "quant_type": q.get("bnb_4bit_quant_type"),
-            "double_quant": bool(q.get("bnb_4bit_use_double_quant")),
-            "compute_dtype": _plain(q.get("bnb_4bit_compute_dtype"))}
+    return {
+        "load_in_4bit": True,
+        "quant_type": q.get("bnb_4bit_quant_type"),
+        "double_quant": bool(q.get("bnb_4bit_use_double_quant")),
+        "compute_dtype": _plain(q.get("bnb_4bit_compute_dtype")),
+    }
 
 
 def model_load_settings(model) -> dict:
     """Weights dtype and 4-bit quantization of the loaded base model, read from the model itself."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"dtype": _plain(base.config.dtype),
-            "quantization": quantization_settings(getattr(base.config, "quantization_config", None))}
+    return {
+        "dtype": _plain(base.config.dtype),
+        "quantization": quantization_settings(getattr(base.config, "quantization_config", None)),
+    }
 
 
 def allocator_name() -> str:
@@ -221,17 +242,26 @@ class MeasuringCallback(TrainerCallback):
 
 def loss_curve(state) -> list[dict]:
     """The logged training loss from the Trainer's own history (it survives a resume from a checkpoint)."""
-    return [{"step": h["step"], "loss": float(h["loss"]), "tokens": h.get("num_input_tokens_seen"),
-             "learning_rate": h.get("learning_rate")} for h in state.log_history if "loss" in h and "step" in h]
+    return [
+        {
+            "step": h["step"],
+            "loss": float(h["loss"]),
+            "tokens": h.get("num_input_tokens_seen"),
+            "learning_rate": h.get("learning_rate"),
+        }
+        for h in state.log_history
+        if "loss" in h and "step" in h
+    ]
 
 
 def fused_lm_head_available() -> bool:
     from trl.trainer import utils as trl_utils
+
     return trl_utils._ChunkedLogProbFunction is not None
 
 
 LOSS_CHUNK_LOGITS = 50_000_000  # logits per LM-head chunk (200 MB in fp32): 1017 answer positions of SmolLM2's
-                                # 49k vocabulary, 190 of Gemma 3's 262k
+# 49k vocabulary, 190 of Gemma 3's 262k
 
 
 def _head_loss(head, hidden, labels):
@@ -247,6 +277,7 @@ def completion_only_loss(model, inputs, num_items_in_batch=None):
     so a batch's full-vocabulary logits and their gradient (~1 GB at batch 8 x 512) are never held at once.
     """
     from torch.utils.checkpoint import checkpoint
+
     labels = inputs["labels"][:, 1:]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask")}
@@ -255,8 +286,10 @@ def completion_only_loss(model, inputs, num_items_in_batch=None):
     answers, targets = hidden[mask], labels[mask]
     chunk = max(1, LOSS_CHUNK_LOGITS // base.lm_head.out_features)
     if torch.is_grad_enabled() and len(answers) > chunk:
-        loss = sum(checkpoint(_head_loss, base.lm_head, answers[i:i + chunk], targets[i:i + chunk],
-                              use_reentrant=False) for i in range(0, len(answers), chunk))
+        loss = sum(
+            checkpoint(_head_loss, base.lm_head, answers[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+            for i in range(0, len(answers), chunk)
+        )
     else:
         loss = _head_loss(base.lm_head, answers, targets)
     denominator = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
@@ -270,14 +303,16 @@ def sft_trainer_class(base=SFTTrainer):
     class AnswerOnlyTrainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if fused_lm_head_available():
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
             if "labels" not in inputs or self.accelerator.num_processes > 1 or (return_outputs and model.training):
                 # Under DDP/FSDP the forward must go through the wrapper (gradient sync, unsharding), so the
                 # answer-only projection (which calls the backbone directly) is not used; Trainer's loss also
                 # rescales by the number of ranks because num_items_in_batch counts the tokens of every rank.
-                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
+                return Trainer.compute_loss(
+                    self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
             loss = completion_only_loss(model, inputs, num_items_in_batch)
             # Evaluation asks for outputs but uses only the loss (prediction_loss_only): no full-vocabulary
             # logits for every position, which at batch 8 x 512 were the largest allocation of a run.
@@ -297,6 +332,7 @@ def gather_across_ranks(trainer, local: dict) -> list[dict]:
     if trainer.accelerator.num_processes == 1:
         return [local]
     from accelerate.utils import gather_object
+
     return gather_object([local])
 
 
@@ -322,18 +358,27 @@ def latest_checkpoint(output_dir: Path) -> str | None:
     """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a folder without it is one
     the process died while writing (transformers' get_last_checkpoint would pick it and fail to resume)."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-    folders = sorted((p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                      if p.is_dir() and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+
+    folders = sorted(
+        (
+            p
+            for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+            if p.is_dir() and p.name.split("-")[-1].isdigit()
+        ),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
     for folder in reversed(folders):
         if (folder / "trainer_state.json").is_file():
             return str(folder)
-        print(f"[resume] skipping {folder}: incomplete (no trainer_state.json; the run died while saving it)",
-              flush=True)
+        print(
+            f"[resume] skipping {folder}: incomplete (no trainer_state.json; the run died while saving it)", flush=True
+        )
     return None
 
 
-def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir: Path, tokenizer,
-                 resume: bool = False) -> dict:
+def run_training(
+    trainer, callback: MeasuringCallback, eval_dataset, adapter_dir: Path, tokenizer, resume: bool = False
+) -> dict:
     """Train (from the newest checkpoint when `resume`), measure, save the adapter, compute validation loss.
     Returns the figures for the run record.
 
@@ -360,8 +405,11 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
     tokens_at_step = callback.tokens_at_step
     run_tokens = trainer.state.num_input_tokens_seen - callback.tokens_at_start
     steady = callback.step_times[WARMUP_STEPS_EXCLUDED:]
-    steady_tokens = (tokens_at_step[-1] - tokens_at_step[WARMUP_STEPS_EXCLUDED - 1]
-                     if len(tokens_at_step) > WARMUP_STEPS_EXCLUDED else 0)
+    steady_tokens = (
+        tokens_at_step[-1] - tokens_at_step[WARMUP_STEPS_EXCLUDED - 1]
+        if len(tokens_at_step) > WARMUP_STEPS_EXCLUDED
+        else 0
+    )
     curve = loss_curve(trainer.state)
     figures = {
         "steps": trainer.state.global_step,
@@ -373,7 +421,9 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
         "step_time_p50_s": round(statistics.median(steady or callback.step_times), 4) if callback.step_times else None,
         "loss_curve": curve,
         "final_train_loss": curve[-1]["loss"] if curve else None,
-        "mean_train_loss": float(result.training_loss) if result.training_loss is not None and math.isfinite(result.training_loss) else None,
+        "mean_train_loss": float(result.training_loss)
+        if result.training_loss is not None and math.isfinite(result.training_loss)
+        else None,
         "per_rank": ranks,
         "memory_timeline": callback.memory.phases,
     }
@@ -389,9 +439,13 @@ def run_training(trainer, callback: MeasuringCallback, eval_dataset, adapter_dir
 
 def distributed_info(trainer, cfg: ExperimentConfig) -> dict:
     state = trainer.accelerator.state
-    return {"launcher": cfg.distributed.launcher, "num_processes": state.num_processes,
-            "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
-            "backend": state.backend, "fsdp": bool(trainer.is_fsdp_enabled)}
+    return {
+        "launcher": cfg.distributed.launcher,
+        "num_processes": state.num_processes,
+        "distributed_type": str(getattr(state.distributed_type, "value", state.distributed_type)),
+        "backend": state.backend,
+        "fsdp": bool(trainer.is_fsdp_enabled),
+    }
 
 
 def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool, runtime: dict) -> dict:
@@ -401,8 +455,9 @@ def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool, r
     train_ds, val_ds, data_info = load_splits(cfg)
     args = sft_config(cfg, out_dir / "trainer", use_cpu=use_cpu)
     callback = MeasuringCallback(memory)
-    trainer = sft_trainer_class()(model=model, args=args, train_dataset=train_ds,
-                                  processing_class=tokenizer, callbacks=[callback])
+    trainer = sft_trainer_class()(
+        model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, callbacks=[callback]
+    )
     memory.mark("trainer_built")
     # Unsloth reads its own max_seq_length; TRL's max_length must not silently differ from the config.
     assert trainer.args.max_length == cfg.train.max_length, "TRL max_length diverged from the experiment's"
@@ -411,6 +466,12 @@ def fit(cfg: ExperimentConfig, model, tokenizer, out_dir: Path, use_cpu: bool, r
     settings = effective_settings(trainer.args, model_lora_settings(model), runtime_settings(model, runtime))
     load = model_load_settings(model)
     figures = run_training(trainer, callback, val_ds, out_dir / "adapter", tokenizer, resume=cfg.train.resume)
-    return {"data": data_info, "trainable_params": trainable, "total_params": total,
-            "effective_settings": settings, "model_loading": load, "distributed": distributed_info(trainer, cfg),
-            **figures}
+    return {
+        "data": data_info,
+        "trainable_params": trainable,
+        "total_params": total,
+        "effective_settings": settings,
+        "model_loading": load,
+        "distributed": distributed_info(trainer, cfg),
+        **figures,
+    }

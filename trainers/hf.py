@@ -1,4 +1,5 @@
 """Systems hf-lora and hf-qlora: TRL SFTTrainer + PEFT, optionally on a bitsandbytes 4-bit base."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,14 +21,24 @@ def bnb_config(cfg) -> BitsAndBytesConfig:
     extra = {}
     if fsdp_enabled():  # FSDP can only shard the packed 4-bit weights when they are stored as a float dtype
         extra["bnb_4bit_quant_storage"] = torch.bfloat16 if cfg.train.bf16 else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant.quant_type,
-                              bnb_4bit_use_double_quant=cfg.quant.double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, cfg.quant.compute_dtype), **extra)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant.quant_type,
+        bnb_4bit_use_double_quant=cfg.quant.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.quant.compute_dtype),
+        **extra,
+    )
 
 
 def lora_config(cfg) -> LoraConfig:
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def load_model(model_path: str, cfg, quantized: bool, cuda: bool, master_fp32: bool = False):

@@ -4,6 +4,7 @@ accelerate (torchrun underneath) starts the N ranks, sets up the process group (
 and, with an FSDP config, shards the model; the worker and the shared TRL trainer do the rest. Nothing here
 re-implements a launcher: this module only picks the config file and builds the argument list.
 """
+
 from __future__ import annotations
 
 import socket
@@ -12,16 +13,25 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE_CONFIGS = REPO_ROOT / "configs" / "accelerate"
-SINGLE_GPU_REASON = ("Unsloth's open-source build trains on a single GPU; distributed.num_processes={n} > 1, "
-                     "so this system is skipped (use an hf-* system for DDP/FSDP)")
+SINGLE_GPU_REASON = (
+    "Unsloth's open-source build trains on a single GPU; distributed.num_processes={n} > 1, "
+    "so this system is skipped (use an hf-* system for DDP/FSDP)"
+)
 
 
-TCMALLOC_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
-                      "/usr/lib/libtcmalloc_minimal.so.4", "/usr/local/lib/libtcmalloc_minimal.so.4")
+TCMALLOC_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/libtcmalloc_minimal.so.4",
+    "/usr/local/lib/libtcmalloc_minimal.so.4",
+)
 # glibc returns large freed blocks to the OS and faults them back in on the next step: a training step frees and
 # re-allocates the same activation sizes every time. Keeping them mapped is glibc's own knob.
-GLIBC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "34359738368", "MALLOC_TRIM_THRESHOLD_": "34359738368",
-                "MALLOC_TOP_PAD_": "1073741824"}
+GLIBC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": "34359738368",
+    "MALLOC_TRIM_THRESHOLD_": "34359738368",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
 
 
 def allocator_env(choice: str, environ: dict) -> dict:
@@ -33,13 +43,16 @@ def allocator_env(choice: str, environ: dict) -> dict:
         return {}
     found = next((p for p in TCMALLOC_CANDIDATES if Path(p).exists()), None)
     if choice == "tcmalloc" and not found:
-        raise FileNotFoundError("train.allocator=tcmalloc: libtcmalloc_minimal.so.4 not found (apt-get install "
-                                "libtcmalloc-minimal4, or train.allocator=auto)")
+        raise FileNotFoundError(
+            "train.allocator=tcmalloc: libtcmalloc_minimal.so.4 not found (apt-get install "
+            "libtcmalloc-minimal4, or train.allocator=auto)"
+        )
     return {"LD_PRELOAD": found} if found else dict(GLIBC_TUNING)
 
 
 def cuda_available() -> bool:
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -73,8 +86,15 @@ def worker_command(cfg, system, spec_path: str | Path) -> list[str]:
     if not uses_accelerate(cfg, system):
         return [sys.executable, *worker]
     d = cfg.distributed
-    return [sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(accelerate_config_file(d.accelerate_config)),
-            "--num_processes", str(d.num_processes),
-            "--main_process_port", str(free_port()),
-            *worker]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(accelerate_config_file(d.accelerate_config)),
+        "--num_processes",
+        str(d.num_processes),
+        "--main_process_port",
+        str(free_port()),
+        *worker,
+    ]

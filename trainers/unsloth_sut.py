@@ -14,6 +14,7 @@ Field by field against trainers/hf.py:
 none of them at module level: the worker imports it first, and `train` imports unsloth, then the shared code.
 The kwargs builders below need no unsloth, so a CPU test can check exactly what this path would pass.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,6 +31,7 @@ def dtype_name(cfg) -> str:
 def loader_kwargs(cfg, system, model_path: str) -> dict:
     """Arguments of FastLanguageModel.from_pretrained for this system."""
     import torch
+
     kwargs = {
         "model_name": model_path,
         "max_seq_length": cfg.train.max_length,  # = SFTConfig.max_length (common.fit asserts the trainer's)
@@ -42,6 +44,7 @@ def loader_kwargs(cfg, system, model_path: str) -> dict:
     }
     if system.quantized:
         from trainers.hf import bnb_config  # the very object hf-qlora loads with
+
         kwargs["quantization_config"] = bnb_config(cfg)
     return kwargs
 
@@ -49,10 +52,14 @@ def loader_kwargs(cfg, system, model_path: str) -> dict:
 def peft_kwargs(cfg) -> dict:
     """Arguments of FastLanguageModel.get_peft_model (the HF systems' LoraConfig, in Unsloth's names)."""
     return {
-        "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-        "target_modules": list(cfg.lora.target_modules), "bias": "none",
+        "r": cfg.lora.r,
+        "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout,
+        "target_modules": list(cfg.lora.target_modules),
+        "bias": "none",
         "use_gradient_checkpointing": "unsloth" if cfg.train.gradient_checkpointing else False,
-        "random_state": cfg.train.seed, "max_seq_length": cfg.train.max_length,
+        "random_state": cfg.train.seed,
+        "max_seq_length": cfg.train.max_length,
     }
 
 
@@ -63,35 +70,45 @@ def planned_settings(cfg, system, out_dir: str | Path) -> dict:
     `common.fit`; the parity test compares this plan with the HF systems' real objects.
     """
     from trainers import common
+
     peft = peft_kwargs(cfg)
     load = loader_kwargs(cfg, system, "unused")
     args = common.sft_config(cfg, Path(out_dir) / "trainer", use_cpu=not cuda_available())
     lora = common.lora_settings(peft["r"], peft["lora_alpha"], peft["lora_dropout"], peft["target_modules"])
     runtime = common.planned_runtime(cfg, cuda_available())
-    return {"effective_settings": common.effective_settings(args, lora, runtime),
-            "model_loading": {"dtype": dtype_name(cfg),
-                              "quantization": common.quantization_settings(load.get("quantization_config"))}}
+    return {
+        "effective_settings": common.effective_settings(args, lora, runtime),
+        "model_loading": {
+            "dtype": dtype_name(cfg),
+            "quantization": common.quantization_settings(load.get("quantization_config")),
+        },
+    }
 
 
 def cuda_available() -> bool:
     import torch  # real Unsloth runs on CUDA only; a CPU check of this path (tests) trains on the CPU
+
     return torch.cuda.is_available()
 
 
 def import_unsloth_first():
     late = [name for name in PATCHED_LIBRARIES if name in sys.modules]
     if late:
-        raise RuntimeError(f"{', '.join(late)} imported before unsloth in this process: Unsloth could not patch "
-                           "them, and the run would not measure Unsloth (train each system in a fresh process)")
+        raise RuntimeError(
+            f"{', '.join(late)} imported before unsloth in this process: Unsloth could not patch "
+            "them, and the run would not measure Unsloth (train each system in a fresh process)"
+        )
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # offline anyway; skip its hub ping outright
     import unsloth  # noqa: F401
     from unsloth import FastLanguageModel
+
     return FastLanguageModel
 
 
 def train(cfg, system, model_path: str, out_dir: Path) -> dict:
     FastLanguageModel = import_unsloth_first()
     from trainers import common  # transformers/trl/peft: only after unsloth
+
     model, tokenizer = FastLanguageModel.from_pretrained(**loader_kwargs(cfg, system, model_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

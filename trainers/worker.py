@@ -6,6 +6,7 @@ record (with figures gathered from all ranks) and the adapter.
 Each system trains in a fresh process: Unsloth patches transformers on import, and sharing a process
 would corrupt the comparison. The worker always leaves a run record: ok, skipped (with the reason) or failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,11 @@ def skip_reason(system, num_processes: int = 1) -> str | None:
     if not system.needs_cuda:
         return None
     import importlib.util
+
     if importlib.util.find_spec("unsloth") is None:
         return "unsloth is not installed (pip install -e '.[gpu]' on a CUDA machine)"
     import torch
+
     if not torch.cuda.is_available():
         return "Unsloth needs a CUDA GPU; this machine has none (torch.cuda.is_available() is False)"
     return None
@@ -57,11 +60,13 @@ def main(spec_path: str) -> int:
         print(f"[{system.name}] skipped: {reason}", flush=True)
         return 0
     import torch
+
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     start = time.perf_counter()
     try:
         import importlib
+
         figures = importlib.import_module(system.trainer).train(cfg, system, spec["model"]["path"], out_dir)
         record.update(figures, status="ok", adapter_path=str(out_dir / "adapter"))
         code = 0
@@ -71,7 +76,11 @@ def main(spec_path: str) -> int:
     record.update(wall_s=round(time.perf_counter() - start, 2), finished_at=now_iso())
     record["device"] = device_info()  # again after training: now with torch's thread count and GPU
     if code and rank() != 0:  # a failing non-zero rank says why; torchrun then stops the other ranks
-        print(f"[{system.name} rank {rank()}] failed: {record['reason']}\n{record['traceback']}", file=sys.stderr, flush=True)
+        print(
+            f"[{system.name} rank {rank()}] failed: {record['reason']}\n{record['traceback']}",
+            file=sys.stderr,
+            flush=True,
+        )
     if rank() == 0:
         write_record(cfg.experiment_dir, system.name, record)
         print(f"[{system.name}] {record['status']}" + (f": {record.get('reason')}" if code else ""), flush=True)

@@ -9,6 +9,7 @@ a number once at least `min_rated` of them (a fraction, default 1.0 = all) have 
 Data resolve against this file (benchmarks/musicprod/data/qa.json), not the cwd; the experiment directory defaults
 to <repo>/runs/default and the target name to "lm-eval".
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,13 @@ REPO = HERE.parent.parent
 DEFAULT_TARGET = "lm-eval"
 
 
-def load_human_dataset(qa_path: str | None = None, experiment_dir: str | None = None, target: str | None = None,
-                       min_rated: float | None = None, **_metadata) -> dict:
+def load_human_dataset(
+    qa_path: str | None = None,
+    experiment_dir: str | None = None,
+    target: str | None = None,
+    min_rated: float | None = None,
+    **_metadata,
+) -> dict:
     """The QA items, each tagged with where its answer is queued (process_results only sees the doc)."""
     rows = load_qa(Path(qa_path or os.environ.get("MUSICPROD_QA_PATH") or HERE / "data" / "qa.json"))
     experiment = Path(experiment_dir or os.environ.get("MUSICPROD_RATING_EXPERIMENT") or REPO / "runs" / "default")
@@ -44,9 +50,21 @@ def process_results(doc: dict, results: list[str]) -> dict:
     """Queue the answer (one committed transaction) and hand its opaque uid to the aggregations."""
     answer = results[0].strip()
     store = RatingStore(doc["rating_db"])
-    store.add_answers([{"target": doc["rating_target"], "item_id": doc["id"], "question": doc["question"],
-                        "reference": doc["reference"], "answer": answer, "lang": doc["lang"],
-                        "topic": doc["topic"], "difficulty": doc.get("difficulty")}], source="lm-eval")
+    store.add_answers(
+        [
+            {
+                "target": doc["rating_target"],
+                "item_id": doc["id"],
+                "question": doc["question"],
+                "reference": doc["reference"],
+                "answer": answer,
+                "lang": doc["lang"],
+                "topic": doc["topic"],
+                "difficulty": doc.get("difficulty"),
+            }
+        ],
+        source="lm-eval",
+    )
     handle = (doc["rating_db"], answer_uid(doc["rating_target"], doc["id"], answer), doc["rating_min"])
     return {f"human_{d}": handle for d in DIMENSIONS} | {"human_rated": handle}
 

@@ -9,6 +9,7 @@ deepeval's folder goes to <experiment_dir>/judge/.deepeval (experiment_dir defau
 `judge_sanity_pass_rate` runs the sanity set once per run (`sanity_items` questions: the reference vs an off-topic
 answer); below the bar (90 %) a warning says the judge scores are unreliable.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,9 @@ REPO = HERE.parent.parent
 log = logging.getLogger("musicprod_judge")
 
 
-def load_judge_dataset(qa_path: str | None = None, judge: dict | None = None, experiment_dir: str | None = None,
-                       **_metadata) -> dict:
+def load_judge_dataset(
+    qa_path: str | None = None, judge: dict | None = None, experiment_dir: str | None = None, **_metadata
+) -> dict:
     """The QA items, each tagged with the judge settings (process_results only sees the doc); bad settings fail here."""
     rows = load_qa(Path(qa_path or os.environ.get("MUSICPROD_QA_PATH") or HERE / "data" / "qa.json"))
     settings = settings_from_env(values=judge or {})
@@ -46,6 +48,7 @@ def _judge(encoded: str):
     """One judge (model loaded once) and its metrics per distinct settings in this process."""
     from harness.judge.config import load_judge_settings
     from harness.judge.rubrics import make_judge, rubric_metrics
+
     settings = load_judge_settings(values=json.loads(encoded))
     judge = make_judge(settings, settings.cache_dir)
     return judge, rubric_metrics(judge)
@@ -54,6 +57,7 @@ def _judge(encoded: str):
 def process_results(doc: dict, results: list[str]) -> dict:
     from harness.judge.rubrics import score_answer
     from harness.rubric import DIMENSIONS
+
     judge, metrics = _judge(doc["judge_settings"])
     scores = score_answer(metrics, judge, doc["question"], results[0].strip(), doc["reference"], doc.get("key_facts"))
     return {f"judge_{d}": scores[d] for d in DIMENSIONS} | {"judge_sanity_pass_rate": doc["judge_settings"]}
@@ -70,11 +74,14 @@ def _sanity(encoded: str) -> float:
     from harness.judge.inputs import load_sanity_questions, sanity_cases
     from harness.judge.reliability import mean_score, sanity_pass_rate
     from harness.judge.rubrics import score_answer
+
     judge, metrics = _judge(encoded)
     rows = []
     for case in sanity_cases(load_sanity_questions(), judge.settings.sanity_items):
         ref = score_answer(metrics, judge, case["question"], case["reference"], case["reference"], case["key_facts"])
-        off = score_answer(metrics, judge, case["question"], case["off_topic_answer"], case["reference"], case["key_facts"])
+        off = score_answer(
+            metrics, judge, case["question"], case["off_topic_answer"], case["reference"], case["key_facts"]
+        )
         r, o = mean_score(ref), mean_score(off)
         rows.append({"prefers_reference": r is not None and o is not None and r > o})
     rate = sanity_pass_rate(rows)
@@ -82,9 +89,14 @@ def _sanity(encoded: str) -> float:
         log.warning("musicprod_judge: sanity_items=0, the judge's reliability is unknown")
         return math.nan
     if rate < judge.settings.reliability_bar:
-        log.warning("musicprod_judge: judge %s prefers the reference in only %.0f %% of %d sanity cases (bar %.0f %%): "
-                    "its scores are UNRELIABLE", judge.get_model_name(), 100 * rate, len(rows),
-                    100 * judge.settings.reliability_bar)
+        log.warning(
+            "musicprod_judge: judge %s prefers the reference in only %.0f %% of %d sanity cases (bar %.0f %%): "
+            "its scores are UNRELIABLE",
+            judge.get_model_name(),
+            100 * rate,
+            len(rows),
+            100 * judge.settings.reliability_bar,
+        )
     return rate
 
 

@@ -4,6 +4,7 @@ Data paths resolve against this file, not the cwd, so `lm_eval --include_path <r
 any directory. Your own held-out files (same schema) go in through `--metadata '{"qa_path": "...",
 "mc_path": "..."}'` or the MUSICPROD_QA_PATH / MUSICPROD_MC_PATH environment variables.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,5 +48,8 @@ def mc_process_results(doc: dict, results: list[tuple[float, bool]]) -> dict[str
     # written out only so the language and topic slices can be added.
     lls = np.array([ll for ll, _ in results])
     lengths = np.array([float(len(c)) for c in doc["choices"]])
-    scores = {"acc": float(np.argmax(lls) == doc["answer"]), "acc_norm": float(np.argmax(lls / lengths) == doc["answer"])}
+    scores = {
+        "acc": float(np.argmax(lls) == doc["answer"]),
+        "acc_norm": float(np.argmax(lls / lengths) == doc["answer"]),
+    }
     return {**scores, **_breakdown(doc, scores, "acc")}

@@ -12,6 +12,7 @@ MFU = steady tokens/s x FLOPs per token / the GPU's dense bf16 peak (PaLM, appen
 it counts the weight gradients a frozen LoRA base skips, so it is the conventional model-FLOPs utilisation).
 Figures land in OUT/summary.json and OUT/records/<experiment>/<system>.json (see benchmarks/results/gpu/README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,29 +31,61 @@ SYNTHETIC_TOKENS_PER_STEP = 8192  # batch = this / seq len: the same work per st
 SYNTHETIC_STEPS = 30
 # Llama-3.2-1B's published shape (config.json of meta-llama/Llama-3.2-1B) except the vocabulary: it must match
 # the tokenizer the data is encoded with (SmolLM2's, 49152 tokens) instead of Llama 3's 128256.
-LLAMA_32_1B_SHAPE = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-                     "intermediate_size": 8192, "head_dim": 64, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-                     "tie_word_embeddings": True, "max_position_embeddings": 8192}
-RECORD_FIGURES = ["status", "reason", "steps", "train_tokens", "train_tokens_per_s", "steady_tokens_per_s",
-                  "step_time_p50_s", "peak_vram_allocated_mib", "peak_vram_reserved_mib", "final_train_loss",
-                  "validation_loss", "train_wall_s", "wall_s"]
+LLAMA_32_1B_SHAPE = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "head_dim": 64,
+    "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 8192,
+}
+RECORD_FIGURES = [
+    "status",
+    "reason",
+    "steps",
+    "train_tokens",
+    "train_tokens_per_s",
+    "steady_tokens_per_s",
+    "step_time_p50_s",
+    "peak_vram_allocated_mib",
+    "peak_vram_reserved_mib",
+    "final_train_loss",
+    "validation_loss",
+    "train_wall_s",
+    "wall_s",
+]
 
 
 def model_shape(model_path: str) -> dict:
     """Parameter count and shape from config.json alone (meta device: no weights read, no memory used)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return {"n_params": sum(p.numel() for p in model.parameters()), "n_layers": config.num_hidden_layers,
-            "hidden": config.hidden_size, "vocab_size": config.vocab_size}
+    return {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "vocab_size": config.vocab_size,
+    }
 
 
 def synthetic_config(vocab_size: int, eos_id: int, pad_id: int, bos_id: int | None, **shape):
     from transformers import LlamaConfig
-    return LlamaConfig(vocab_size=vocab_size, eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=bos_id,
-                       **{**LLAMA_32_1B_SHAPE, **shape})
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        **{**LLAMA_32_1B_SHAPE, **shape},
+    )
 
 
 def build_synthetic_model(out_dir: Path, tokenizer_dir: str, seed: int = 0, **shape) -> Path:
@@ -61,6 +94,7 @@ def build_synthetic_model(out_dir: Path, tokenizer_dir: str, seed: int = 0, **sh
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from harness.io import atomic_dir
+
     marker = out_dir / "musicprod_model.json"
     if marker.exists():
         return out_dir
@@ -71,11 +105,20 @@ def build_synthetic_model(out_dir: Path, tokenizer_dir: str, seed: int = 0, **sh
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        write_json_atomic(tmp / "musicprod_model.json", {
-            "synthetic": True, "shape": "Llama-3.2-1B with SmolLM2's vocabulary" + (f", overridden: {shape}" if shape else ""),
-            "config": {k: v for k, v in config.to_dict().items() if k in LLAMA_32_1B_SHAPE or k == "rope_parameters"},
-            "vocab_size": config.vocab_size, "seed": seed,
-            "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": str(tokenizer_dir)})
+        write_json_atomic(
+            tmp / "musicprod_model.json",
+            {
+                "synthetic": True,
+                "shape": "Llama-3.2-1B with SmolLM2's vocabulary" + (f", overridden: {shape}" if shape else ""),
+                "config": {
+                    k: v for k, v in config.to_dict().items() if k in LLAMA_32_1B_SHAPE or k == "rope_parameters"
+                },
+                "vocab_size": config.vocab_size,
+                "seed": seed,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "tokenizer": str(tokenizer_dir),
+            },
+        )
     return out_dir
 
 
@@ -83,6 +126,7 @@ def synthetic_dataset(path: Path, train_path: str, min_chars: int, n_items: int)
     """Real instructions with answers made of real answers strung together, each longer than the sequence
     length, so every example is truncated to exactly max_length tokens (no padding, answer-only loss)."""
     from harness.data.load import load_training_set
+
     rows = load_training_set(train_path)
     out = []
     for i in range(n_items):
@@ -101,34 +145,60 @@ def plan(args, cfg) -> list[dict]:
     runs = []
     if args.part in ("real", "all"):
         for system in args.systems:
-            runs.append({"experiment": REAL_EXPERIMENT, "system": system, "synthetic": False,
-                         "max_length": cfg.train.max_length, "batch_size": cfg.train.batch_size,
-                         "max_steps": cfg.train.max_steps, "overrides": [f"name={REAL_EXPERIMENT}"]})
+            runs.append(
+                {
+                    "experiment": REAL_EXPERIMENT,
+                    "system": system,
+                    "synthetic": False,
+                    "max_length": cfg.train.max_length,
+                    "batch_size": cfg.train.batch_size,
+                    "max_steps": cfg.train.max_steps,
+                    "overrides": [f"name={REAL_EXPERIMENT}"],
+                }
+            )
     if args.part in ("synthetic", "all"):
         for seq in args.seq_lens:
             batch = max(1, args.synthetic_tokens_per_step // seq)
             for system in args.systems:
-                runs.append({"experiment": f"gpu-synthetic-s{seq}", "system": system, "synthetic": True,
-                             "max_length": seq, "batch_size": batch, "max_steps": args.synthetic_steps,
-                             "overrides": [f"name=gpu-synthetic-s{seq}", f"train.max_length={seq}",
-                                           f"train.batch_size={batch}", "train.grad_accum=1",
-                                           f"train.max_steps={args.synthetic_steps}", "train.logging_steps=5",
-                                           "data.validation_fraction=0", "data.max_train_items=0",
-                                           "train.group_by_length=false"]})
+                runs.append(
+                    {
+                        "experiment": f"gpu-synthetic-s{seq}",
+                        "system": system,
+                        "synthetic": True,
+                        "max_length": seq,
+                        "batch_size": batch,
+                        "max_steps": args.synthetic_steps,
+                        "overrides": [
+                            f"name=gpu-synthetic-s{seq}",
+                            f"train.max_length={seq}",
+                            f"train.batch_size={batch}",
+                            "train.grad_accum=1",
+                            f"train.max_steps={args.synthetic_steps}",
+                            "train.logging_steps=5",
+                            "data.validation_fraction=0",
+                            "data.max_train_items=0",
+                            "train.group_by_length=false",
+                        ],
+                    }
+                )
     return runs
 
 
 def print_plan(runs: list[dict], cfg, args) -> None:
     print(f"bench gpu plan ({len(runs)} training processes, each fresh; warm-up steps excluded from steady figures)")
-    print(f"  real model: {cfg.model.name}; data {cfg.data.train_path}; lr {cfg.train.learning_rate}, "
-          f"{cfg.train.lr_scheduler}, LoRA r {cfg.lora.r} alpha {cfg.lora.alpha} dropout {cfg.lora.dropout}, bf16 {cfg.train.bf16}")
+    print(
+        f"  real model: {cfg.model.name}; data {cfg.data.train_path}; lr {cfg.train.learning_rate}, "
+        f"{cfg.train.lr_scheduler}, LoRA r {cfg.lora.r} alpha {cfg.lora.alpha} dropout {cfg.lora.dropout}, bf16 {cfg.train.bf16}"
+    )
     if any(r["synthetic"] for r in runs):
         print(f"  synthetic model: Llama-3.2-1B shape, random weights, SmolLM2 vocabulary, at {args.synthetic_dir}")
     print(f"  {'experiment':22s} {'system':14s} {'synthetic':9s} {'max_length':>10s} {'batch':>5s} {'steps':>6s}")
     for r in runs:
         steps = "epoch" if r["max_steps"] == -1 else str(r["max_steps"])
-        print(f"  {r['experiment']:22s} {r['system']:14s} {str(r['synthetic']).lower():9s} {r['max_length']:10d} "
-              f"{r['batch_size']:5d} {steps:>6s}")
+        print(
+            f"  {r['experiment']:22s} {r['system']:14s} {str(r['synthetic']).lower():9s} {r['max_length']:10d} "
+            f"{r['batch_size']:5d} {steps:>6s}"
+        )
 
 
 def row_of(record: dict, run: dict, shape: dict, gpu: str | None) -> dict:
@@ -136,11 +206,18 @@ def row_of(record: dict, run: dict, shape: dict, gpu: str | None) -> dict:
     sequences = steps * run["batch_size"] * (record.get("effective_settings") or {}).get("grad_accum", 1)
     seq_len = run["max_length"] if run["synthetic"] else (tokens / sequences if sequences else run["max_length"])
     fpt = flops_per_token(shape["n_params"], shape["n_layers"], shape["hidden"], seq_len)
-    return {"experiment": run["experiment"], "system": run["system"], "synthetic": run["synthetic"],
-            "max_length": run["max_length"], "batch_size": run["batch_size"],
-            **{k: record.get(k) for k in RECORD_FIGURES},
-            "flops_per_token": round(fpt), "mean_seq_len_for_mfu": round(seq_len, 1),
-            "mfu": mfu(record.get("steady_tokens_per_s"), fpt, gpu), "peak_bf16_tflops": peak_bf16_tflops(gpu)}
+    return {
+        "experiment": run["experiment"],
+        "system": run["system"],
+        "synthetic": run["synthetic"],
+        "max_length": run["max_length"],
+        "batch_size": run["batch_size"],
+        **{k: record.get(k) for k in RECORD_FIGURES},
+        "flops_per_token": round(fpt),
+        "mean_seq_len_for_mfu": round(seq_len, 1),
+        "mfu": mfu(record.get("steady_tokens_per_s"), fpt, gpu),
+        "peak_bf16_tflops": peak_bf16_tflops(gpu),
+    }
 
 
 def settings_mismatches(records: dict) -> list[str]:
@@ -149,9 +226,12 @@ def settings_mismatches(records: dict) -> list[str]:
     if not ok:
         return []
     first, reference = next(iter(ok.items()))
-    return [f"{s} differs from {first}: " + ", ".join(f"{k}={v!r} vs {reference.get(k)!r}" for k, v in e.items()
-                                                       if reference.get(k) != v)
-            for s, e in ok.items() if e != reference]
+    return [
+        f"{s} differs from {first}: "
+        + ", ".join(f"{k}={v!r} vs {reference.get(k)!r}" for k, v in e.items() if reference.get(k) != v)
+        for s, e in ok.items()
+        if e != reference
+    ]
 
 
 def synthetic_model_dir(args) -> Path:
@@ -165,6 +245,7 @@ def synthetic_model_dir(args) -> Path:
 def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
     from harness.models import ResolvedModel
     from harness.pipeline import check_and_prepare, train_system
+
     real_model = check_and_prepare(cfg)
     out = Path(args.out)
     gpu = device_info().get("gpu")
@@ -177,9 +258,13 @@ def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
             if synthetic_model is None:
                 path = build_synthetic_model(synthetic_model_dir(args), real_model.path, **args.synthetic_shape)
                 synthetic_model = ResolvedModel("synthetic-llama-3.2-1b-shape", str(path), None, {"synthetic": True})
-            data = synthetic_dataset(Path(args.synthetic_dir + "-data") / f"s{run['max_length']}-n{run['max_steps'] * run['batch_size']}.json",
-                                     cfg.data.train_path, min_chars=run["max_length"] * 6,
-                                     n_items=run["max_steps"] * run["batch_size"])
+            data = synthetic_dataset(
+                Path(args.synthetic_dir + "-data")
+                / f"s{run['max_length']}-n{run['max_steps'] * run['batch_size']}.json",
+                cfg.data.train_path,
+                min_chars=run["max_length"] * 6,
+                n_items=run["max_steps"] * run["batch_size"],
+            )
             overrides.append(f"data.train_path={data}")
             model = synthetic_model
         run_cfg = load_config(config_path, overrides)
@@ -194,12 +279,22 @@ def run_all(runs, args, config_path, user_overrides, cfg) -> dict:
         write_json_atomic(out / "records" / run["experiment"] / f"{run['system']}.json", record)
         records.setdefault(run["experiment"], {})[run["system"]] = record
         rows.append(row)
-    summary = {"written_at": now_iso(), "rehearsal": args.cpu_rehearsal, "device": device_info(), "versions": package_versions(), "git_sha": git_sha(),
-               "config": to_dict(cfg), "model_shapes": shapes, "rows": rows,
-               "settings_mismatches": {e: settings_mismatches(r) for e, r in records.items()},
-               "pairs": pair_ratios(rows),
-               "notes": ["synthetic rows: random weights, losses meaningless; speed and memory only",
-                         "MFU: steady tokens/s x (6N + 12 L d T) / dense bf16 peak; null for an unknown GPU"]}
+    summary = {
+        "written_at": now_iso(),
+        "rehearsal": args.cpu_rehearsal,
+        "device": device_info(),
+        "versions": package_versions(),
+        "git_sha": git_sha(),
+        "config": to_dict(cfg),
+        "model_shapes": shapes,
+        "rows": rows,
+        "settings_mismatches": {e: settings_mismatches(r) for e, r in records.items()},
+        "pairs": pair_ratios(rows),
+        "notes": [
+            "synthetic rows: random weights, losses meaningless; speed and memory only",
+            "MFU: steady tokens/s x (6N + 12 L d T) / dense bf16 peak; null for an unknown GPU",
+        ],
+    }
     write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -212,23 +307,33 @@ def _fmt(x: float | None, unit: str) -> str:
 
 def print_summary(summary: dict) -> None:
     where = "CPU REHEARSAL (not GPU figures)" if summary.get("rehearsal") else summary["device"].get("gpu")
-    print(f"\nbench gpu on {where} (torch {summary['versions'].get('torch')}, "
-          f"unsloth {summary['versions'].get('unsloth')}, trl {summary['versions'].get('trl')})")
-    print(f"{'experiment':22s} {'system':14s} {'status':8s} {'steady tok/s':>12s} {'step p50 s':>10s} "
-          f"{'VRAM alloc MiB':>14s} {'VRAM resv MiB':>13s} {'MFU':>6s} {'train loss':>10s} {'val loss':>8s}")
+    print(
+        f"\nbench gpu on {where} (torch {summary['versions'].get('torch')}, "
+        f"unsloth {summary['versions'].get('unsloth')}, trl {summary['versions'].get('trl')})"
+    )
+    print(
+        f"{'experiment':22s} {'system':14s} {'status':8s} {'steady tok/s':>12s} {'step p50 s':>10s} "
+        f"{'VRAM alloc MiB':>14s} {'VRAM resv MiB':>13s} {'MFU':>6s} {'train loss':>10s} {'val loss':>8s}"
+    )
     for r in summary["rows"]:
-        print(f"{r['experiment']:22s} {r['system']:14s} {r['status']:8s} {r['steady_tokens_per_s']!s:>12s} "
-              f"{r['step_time_p50_s']!s:>10s} {r['peak_vram_allocated_mib']!s:>14s} {r['peak_vram_reserved_mib']!s:>13s} "
-              f"{r['mfu']!s:>6s} {r['final_train_loss']!s:>10s} {r['validation_loss']!s:>8s}"
-              + (f"  {r['reason']}" if r["status"] != "ok" else ""))
-    print(f"\n{'experiment':22s} {'pair':6s} {'speed-up':>9s} {'VRAM alloc saved':>16s} {'VRAM resv saved':>15s} "
-          f"{'train loss diff':>15s}   (Unsloth relative to HF)")
+        print(
+            f"{r['experiment']:22s} {r['system']:14s} {r['status']:8s} {r['steady_tokens_per_s']!s:>12s} "
+            f"{r['step_time_p50_s']!s:>10s} {r['peak_vram_allocated_mib']!s:>14s} {r['peak_vram_reserved_mib']!s:>13s} "
+            f"{r['mfu']!s:>6s} {r['final_train_loss']!s:>10s} {r['validation_loss']!s:>8s}"
+            + (f"  {r['reason']}" if r["status"] != "ok" else "")
+        )
+    print(
+        f"\n{'experiment':22s} {'pair':6s} {'speed-up':>9s} {'VRAM alloc saved':>16s} {'VRAM resv saved':>15s} "
+        f"{'train loss diff':>15s}   (Unsloth relative to HF)"
+    )
     for p in summary.get("pairs") or pair_ratios(summary["rows"]):
         if p["reason"]:
             print(f"{p['experiment']:22s} {p['pair']:6s} no comparison: {p['reason']}")
             continue
-        print(f"{p['experiment']:22s} {p['pair']:6s} {_fmt(p['speedup'], 'x'):>9s} {_fmt(p['vram_allocated_saving'], '%'):>16s} "
-              f"{_fmt(p['vram_reserved_saving'], '%'):>15s} {p['final_train_loss_diff']!s:>15s}")
+        print(
+            f"{p['experiment']:22s} {p['pair']:6s} {_fmt(p['speedup'], 'x'):>9s} {_fmt(p['vram_allocated_saving'], '%'):>16s} "
+            f"{_fmt(p['vram_reserved_saving'], '%'):>15s} {p['final_train_loss_diff']!s:>15s}"
+        )
     for experiment, problems in summary["settings_mismatches"].items():
         for p in problems:
             print(f"WARNING {experiment}: effective settings differ: {p}")
@@ -239,20 +344,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...] for the real part (and shared settings)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (systems, steps, sequence lengths) and exit")
     p.add_argument("--part", choices=["real", "synthetic", "all"], default="all")
-    p.add_argument("--systems", type=lambda s: s.split(","), default=SYSTEMS, help="comma-separated (default: all four)")
+    p.add_argument(
+        "--systems", type=lambda s: s.split(","), default=SYSTEMS, help="comma-separated (default: all four)"
+    )
     p.add_argument("--seq-lens", type=lambda s: [int(x) for x in s.split(",")], default=SYNTHETIC_SEQ_LENS)
     p.add_argument("--synthetic-steps", type=int, default=SYNTHETIC_STEPS)
-    p.add_argument("--synthetic-tokens-per-step", type=int, default=SYNTHETIC_TOKENS_PER_STEP,
-                   help="batch = this / sequence length, the same work per step at every length")
-    p.add_argument("--synthetic-dir", default="/tmp/musicprod-synthetic-llama-1b",
-                   help="where the random-weight model is saved (~2.2 GB, built once)")
+    p.add_argument(
+        "--synthetic-tokens-per-step",
+        type=int,
+        default=SYNTHETIC_TOKENS_PER_STEP,
+        help="batch = this / sequence length, the same work per step at every length",
+    )
+    p.add_argument(
+        "--synthetic-dir",
+        default="/tmp/musicprod-synthetic-llama-1b",
+        help="where the random-weight model is saved (~2.2 GB, built once)",
+    )
     p.add_argument("--out", default="runs/gpu-bench", help="summary.json and records/<experiment>/<system>.json")
-    p.add_argument("--synthetic-shape", type=_shape_overrides, default={}, metavar="KEY=VALUE,...",
-                   help="override the synthetic model's Llama config (e.g. hidden_size=64,num_hidden_layers=2); "
-                        "for rehearsals, never for reported figures")
-    p.add_argument("--cpu-rehearsal", action="store_true",
-                   help="run the whole benchmark without CUDA to check the procedure (summary says rehearsal: true; "
-                        "its figures are CPU figures and must never be reported as GPU results)")
+    p.add_argument(
+        "--synthetic-shape",
+        type=_shape_overrides,
+        default={},
+        metavar="KEY=VALUE,...",
+        help="override the synthetic model's Llama config (e.g. hidden_size=64,num_hidden_layers=2); "
+        "for rehearsals, never for reported figures",
+    )
+    p.add_argument(
+        "--cpu-rehearsal",
+        action="store_true",
+        help="run the whole benchmark without CUDA to check the procedure (summary says rehearsal: true; "
+        "its figures are CPU figures and must never be reported as GPU results)",
+    )
     return p
 
 
@@ -261,13 +383,18 @@ def _shape_overrides(text: str) -> dict:
     for pair in filter(None, text.split(",")):
         key, sep, value = pair.partition("=")
         if not sep or key not in LLAMA_32_1B_SHAPE:
-            raise argparse.ArgumentTypeError(f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(LLAMA_32_1B_SHAPE)}")
-        out[key] = type(LLAMA_32_1B_SHAPE[key])(value) if not isinstance(LLAMA_32_1B_SHAPE[key], bool) else value == "true"
+            raise argparse.ArgumentTypeError(
+                f"{pair!r}: expected KEY=VALUE with KEY one of {', '.join(LLAMA_32_1B_SHAPE)}"
+            )
+        out[key] = (
+            type(LLAMA_32_1B_SHAPE[key])(value) if not isinstance(LLAMA_32_1B_SHAPE[key], bool) else value == "true"
+        )
     return out
 
 
 def main(argv: list[str]) -> int:
     from harness.config import split_config_args
+
     args = parser().parse_args(argv)
     config_path, overrides = split_config_args(args.args)
     cfg = load_config(config_path, overrides)
@@ -276,14 +403,19 @@ def main(argv: list[str]) -> int:
         print_plan(runs, cfg, args)
         return 0
     import torch
+
     if args.cpu_rehearsal:
         print("bench gpu: CPU REHEARSAL: checks the procedure end to end; its figures are not GPU figures", flush=True)
     elif not torch.cuda.is_available():
-        print("musicprod bench gpu: error: no CUDA device (torch.cuda.is_available() is False). This benchmark "
-              "measures GPU speed and VRAM and runs only on a CUDA machine; see benchmarks/results/gpu/README.md "
-              "for the run procedure, or --dry-run for the plan.", file=sys.stderr)
+        print(
+            "musicprod bench gpu: error: no CUDA device (torch.cuda.is_available() is False). This benchmark "
+            "measures GPU speed and VRAM and runs only on a CUDA machine; see benchmarks/results/gpu/README.md "
+            "for the run procedure, or --dry-run for the plan.",
+            file=sys.stderr,
+        )
         return 2
     import importlib.util
+
     if importlib.util.find_spec("unsloth") is None:
         print("bench gpu: warning: unsloth is not importable; its systems will be recorded as skipped", flush=True)
     print_plan(runs, cfg, args)
@@ -294,5 +426,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     from harness import set_offline_env
+
     set_offline_env()
     sys.exit(main(sys.argv[1:]))

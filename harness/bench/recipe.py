@@ -1,4 +1,5 @@
 """`musicprod bench recipe`: a recipe-sweep row set on the dev set (benchmarks/results/recipe/)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,11 +25,12 @@ def bench_recipe(args: list[str]) -> int:
     from harness.eval.run import run_eval
     from harness.layout import trainer_dir
     from harness.pipeline import check_and_prepare, train_system
+
     checkpoints = 4
     if "--checkpoints" in args:
         i = args.index("--checkpoints")
         checkpoints = int(args[i + 1])
-        args = args[:i] + args[i + 2:]
+        args = args[:i] + args[i + 2 :]
     config_path, overrides = split_config_args(args)
     cfg: ExperimentConfig = load_config(config_path, overrides)
     if len(cfg.systems) != 1:
@@ -54,19 +56,32 @@ def bench_recipe(args: list[str]) -> int:
         t = summary["targets"][target]
         step = int(target.split("@")[1])
         point = next((p for p in record["loss_curve"] if p["step"] >= step), record["loss_curve"][-1])
-        rows.append({"experiment": cfg.name, "system": system, "step": step, "epoch": round(step / per_epoch, 2),
-                     "learning_rate": cfg.train.full_learning_rate if system == "hf-full" else cfg.train.learning_rate,
-                     "lora_r": cfg.lora.r, "augmented": bool(cfg.data.augmented_path),
-                     "data": ("seed+aug" if cfg.data.train_on_seed else "aug only") if cfg.data.augmented_path else "seed",
-                     "base_model": cfg.model.name,
-                     "dev_key_fact_recall": t["metrics"]["qa"]["key_fact_recall"],
-                     "dev_mc_acc": t["metrics"]["mc"]["acc"], "train_loss": point["loss"],
-                     "dev_key_fact_recall_by_lang": {lang: v["key_fact_recall"]["mean"]
-                                                     for lang, v in t["by_lang"]["qa"].items()},
-                     "validation_loss": record.get("validation_loss") if step == saved[-1] else None,
-                     "train_wall_s": record.get("train_wall_s"), "train_tokens_per_s": record.get("train_tokens_per_s"),
-                     "peak_rss_mib": record.get("peak_rss_mib"), "decoding": summary["decoding"],
-                     "command": command, "finished_at": record.get("finished_at")})
+        rows.append(
+            {
+                "experiment": cfg.name,
+                "system": system,
+                "step": step,
+                "epoch": round(step / per_epoch, 2),
+                "learning_rate": cfg.train.full_learning_rate if system == "hf-full" else cfg.train.learning_rate,
+                "lora_r": cfg.lora.r,
+                "augmented": bool(cfg.data.augmented_path),
+                "data": ("seed+aug" if cfg.data.train_on_seed else "aug only") if cfg.data.augmented_path else "seed",
+                "base_model": cfg.model.name,
+                "dev_key_fact_recall": t["metrics"]["qa"]["key_fact_recall"],
+                "dev_mc_acc": t["metrics"]["mc"]["acc"],
+                "train_loss": point["loss"],
+                "dev_key_fact_recall_by_lang": {
+                    lang: v["key_fact_recall"]["mean"] for lang, v in t["by_lang"]["qa"].items()
+                },
+                "validation_loss": record.get("validation_loss") if step == saved[-1] else None,
+                "train_wall_s": record.get("train_wall_s"),
+                "train_tokens_per_s": record.get("train_tokens_per_s"),
+                "peak_rss_mib": record.get("peak_rss_mib"),
+                "decoding": summary["decoding"],
+                "command": command,
+                "finished_at": record.get("finished_at"),
+            }
+        )
     RECIPE_DIR.mkdir(parents=True, exist_ok=True)
     with open(RECIPE_DIR / "sweep.jsonl", "a", encoding="utf-8") as f:
         for row in rows:
@@ -81,25 +96,39 @@ def planned_steps(cfg) -> tuple[int, int]:
     import math
 
     from harness.data.load import experiment_rows
+
     train, _ = experiment_rows(cfg.data, cfg.train.seed)
-    per_epoch = max(1, math.ceil(len(train) / (cfg.train.batch_size * cfg.distributed.num_processes)) // cfg.train.grad_accum)
+    per_epoch = max(
+        1, math.ceil(len(train) / (cfg.train.batch_size * cfg.distributed.num_processes)) // cfg.train.grad_accum
+    )
     return (cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(per_epoch * cfg.train.epochs)), per_epoch
 
 
 def write_sweep_table() -> None:
     import json
+
     rows = [json.loads(line) for line in open(RECIPE_DIR / "sweep.jsonl", encoding="utf-8") if line.strip()]
-    ci = lambda m: f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" if m.get("ci_low") is not None else f"{m['mean']:.3f}"
-    lines = ["# Recipe sweep (dev set only)", "",
-             "Written by `musicprod bench recipe`; one row per evaluated checkpoint. Figures are on the dev set "
-             "(benchmarks/musicprod/data/dev), never the held-out. Wall time and peak RSS are the whole training run "
-             "of that experiment on this machine.", "",
-             "| experiment | system | lr | r | data | step | epoch | dev key-fact recall | dev MC acc | train loss | train wall s | tok/s | peak RSS MiB | command |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    ci = lambda m: (
+        f"{m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        if m.get("ci_low") is not None
+        else f"{m['mean']:.3f}"
+    )
+    lines = [
+        "# Recipe sweep (dev set only)",
+        "",
+        "Written by `musicprod bench recipe`; one row per evaluated checkpoint. Figures are on the dev set "
+        "(benchmarks/musicprod/data/dev), never the held-out. Wall time and peak RSS are the whole training run "
+        "of that experiment on this machine.",
+        "",
+        "| experiment | system | lr | r | data | step | epoch | dev key-fact recall | dev MC acc | train loss | train wall s | tok/s | peak RSS MiB | command |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         data = r.get("data") or ("seed+aug" if r["augmented"] else "seed")
-        lines.append(f"| {r['experiment']} | {r['system']} | {r['learning_rate']:g} | {r['lora_r']} | "
-                     f"{data} | {r['step']} | {r['epoch']} | {ci(r['dev_key_fact_recall'])} | "
-                     f"{ci(r['dev_mc_acc'])} | {r['train_loss']:.3f} | {r['train_wall_s']:.0f} | {r['train_tokens_per_s']:.0f} | "
-                     f"{r['peak_rss_mib']:.0f} | `{r['command']}` |")
+        lines.append(
+            f"| {r['experiment']} | {r['system']} | {r['learning_rate']:g} | {r['lora_r']} | "
+            f"{data} | {r['step']} | {r['epoch']} | {ci(r['dev_key_fact_recall'])} | "
+            f"{ci(r['dev_mc_acc'])} | {r['train_loss']:.3f} | {r['train_wall_s']:.0f} | {r['train_tokens_per_s']:.0f} | "
+            f"{r['peak_rss_mib']:.0f} | `{r['command']}` |"
+        )
     (RECIPE_DIR / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """`musicprod` command line: one module per command, each with `add_parser(sub)` and `run(ns)` (the layout of
 lm-eval's `lm_eval/_cli/`). The CLI sits on top of the stack: it alone in harness/ (with pipeline.py) may reach
 downstream into trainers, reports, export and server, and only inside a command's `run`."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ns, extra = parser.parse_known_args(argv)
     # argparse ends a positional list at the first option, so `eval exp --only base k=v` would leave `k=v` over
     # (parse_intermixed_args does not support subparsers): put such key=value words back where they belong.
-    trailing = "overrides" if hasattr(ns, "overrides") else "args" if isinstance(getattr(ns, "args", None), list) else None
+    trailing = (
+        "overrides" if hasattr(ns, "overrides") else "args" if isinstance(getattr(ns, "args", None), list) else None
+    )
     if extra and trailing and all("=" in a and not a.startswith("-") for a in extra):
         getattr(ns, trailing).extend(extra)
     elif extra:
@@ -40,5 +43,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, ModelError) as e:
         print(f"musicprod: error: {e}", file=sys.stderr)
         return 2
-
-

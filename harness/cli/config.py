@@ -1,4 +1,5 @@
 """`musicprod config show | keys`: the effective config, or every key with its help."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """`musicprod judge [EXPERIMENT]`: the LLM judge (G-Eval rubrics, pairwise, reliability)."""
+
 from __future__ import annotations
 
 import sys
@@ -9,7 +10,9 @@ from harness.layout import resolve_experiment
 def add_parser(sub) -> None:
     p = sub.add_parser("judge", help="LLM judge: G-Eval rubric scores, pairwise, reliability of saved generations")
     p.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
-    p.add_argument("args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20")
+    p.add_argument(
+        "args", nargs="*", help="[JUDGE.yaml] [key=value ...], e.g. backend=openai model=qwen2.5:7b max_items=20"
+    )
     p.add_argument("--keys", action="store_true", help="list every judge setting with its default and help, then exit")
     p.set_defaults(func=run)
 
@@ -18,6 +21,7 @@ def run(ns) -> int:
     from harness.judge.config import describe_judge, load_judge_settings
     from harness.judge.inputs import JudgeError
     from harness.judge.run import format_summary, run_judge
+
     if ns.keys:
         for key, default, help_text in describe_judge():
             print(f"{key:18s} {default:28s} {help_text}")

@@ -1,4 +1,5 @@
 """`musicprod model list | prepare NAME`: the registry's base models."""
+
 from __future__ import annotations
 
 from harness.config import load_config
@@ -14,11 +15,13 @@ def add_parser(sub) -> None:
 
 def run(ns) -> int:
     from harness.registry import BASE_MODELS
+
     if ns.action == "list":
         for m in BASE_MODELS:
             print(f"{m.name:24s} {m.description}")
         return 0
     from harness.models import prepare
+
     cache = ns.cache_dir or load_config().model.cache_dir
     resolved = prepare(ns.name, cache)
     print(resolved.path)

@@ -1,4 +1,5 @@
 """`musicprod run`: the main job (prepare -> train every system -> evaluate -> report)."""
+
 from __future__ import annotations
 
 from harness.config import load_config, split_config_args
@@ -12,6 +13,7 @@ def add_parser(sub) -> None:
 
 def run(ns) -> int:
     from harness.pipeline import run_experiment
+
     config_path, overrides = split_config_args(ns.args)
     cfg = load_config(config_path, overrides)
     summary = run_experiment(cfg, config_path, overrides)

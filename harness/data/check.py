@@ -6,6 +6,7 @@ MC option length (the correct option must not be a length tell), and contaminati
 (lm-eval's convention) and MiniLM cosine >= 0.9: held-out vs training (seed and augmented), dev vs held-out,
 and dev vs training (a dev question that copies a training instruction would flatter the recipe it picks).
 """
+
 from __future__ import annotations
 
 import re
@@ -39,11 +40,12 @@ LENGTH_TELL_LIMIT = 0.30
 
 def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
     tokens = re.findall(r"\w+", text.lower())
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def detect_lang(text: str) -> str:
     import py3langid
+
     return py3langid.classify(text)[0]
 
 
@@ -56,12 +58,16 @@ def load_qa(path: Path) -> list[dict]:
             raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'key_facts' must be a non-empty list")
         for j, fact in enumerate(facts):
             if not isinstance(fact, dict) or not isinstance(fact.get("any_of"), list) or not fact["any_of"]:
-                raise DatasetError(f"{path}: record {i} (id={row['id']!r}): key_facts[{j}].any_of must be a non-empty list")
+                raise DatasetError(
+                    f"{path}: record {i} (id={row['id']!r}): key_facts[{j}].any_of must be a non-empty list"
+                )
             for pattern in fact["any_of"]:
                 try:
                     re.compile(pattern)
                 except (re.error, TypeError) as e:
-                    raise DatasetError(f"{path}: record {i} (id={row['id']!r}): key_facts[{j}] bad regex {pattern!r}: {e}") from None
+                    raise DatasetError(
+                        f"{path}: record {i} (id={row['id']!r}): key_facts[{j}] bad regex {pattern!r}: {e}"
+                    ) from None
     check_unique_ids(path, rows)
     return rows
 
@@ -71,7 +77,9 @@ def load_mc(path: Path) -> list[dict]:
     for i, row in enumerate(rows):
         check_record(path, i, row, ("id", "lang", "topic", "question"))
         choices = row.get("choices")
-        if not (isinstance(choices, list) and len(choices) == 4 and all(isinstance(c, str) and c.strip() for c in choices)):
+        if not (
+            isinstance(choices, list) and len(choices) == 4 and all(isinstance(c, str) and c.strip() for c in choices)
+        ):
             raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'choices' must be 4 non-empty strings")
         if len(set(choices)) != 4:
             raise DatasetError(f"{path}: record {i} (id={row['id']!r}): field 'choices' has duplicates")
@@ -90,7 +98,9 @@ def check_training(path, rows) -> list[str]:
                 problems.append(f"{where}: field {key!r} = {r.get(key)!r} not in {allowed}")
         words = len(r["response"].split())
         if not RESPONSE_WORDS[0] <= words <= RESPONSE_WORDS[1]:
-            problems.append(f"{where}: field 'response' has {words} words (allowed {RESPONSE_WORDS[0]}-{RESPONSE_WORDS[1]})")
+            problems.append(
+                f"{where}: field 'response' has {words} words (allowed {RESPONSE_WORDS[0]}-{RESPONSE_WORDS[1]})"
+            )
         got = detect_lang(r["instruction"] + " " + r["response"])
         if got != r["lang"]:
             problems.append(f"{where}: field 'lang' is {r['lang']!r} but the text reads as {got!r}")
@@ -98,7 +108,9 @@ def check_training(path, rows) -> list[str]:
     for i, r in enumerate(rows):
         key = " ".join(r["instruction"].lower().split())
         if key in seen:
-            problems.append(f"{path}: record {i} (id={r['id']!r}): field 'instruction' exactly duplicates record {seen[key]}")
+            problems.append(
+                f"{path}: record {i} (id={r['id']!r}): field 'instruction' exactly duplicates record {seen[key]}"
+            )
         seen.setdefault(key, i)
     return problems
 
@@ -111,10 +123,14 @@ def check_heldout(qa_path, qa, mc_path, mc) -> list[str]:
             problems.append(f"{where}: field 'topic' = {r.get('topic')!r} not in {TOPICS}")
         own = key_fact_recall(r["key_facts"], r["reference"])
         if own < 0.9:
-            problems.append(f"{where}: field 'key_facts': own reference matches only {own:.0%} of the facts (need >= 90 %)")
+            problems.append(
+                f"{where}: field 'key_facts': own reference matches only {own:.0%} of the facts (need >= 90 %)"
+            )
         others = [key_fact_recall(r["key_facts"], o["reference"]) for k, o in enumerate(qa) if k != i]
         if others and sum(others) / len(others) > 0.15:
-            problems.append(f"{where}: field 'key_facts': other items' references match {sum(others) / len(others):.0%} on average (need <= 15 %)")
+            problems.append(
+                f"{where}: field 'key_facts': other items' references match {sum(others) / len(others):.0%} on average (need <= 15 %)"
+            )
         got = detect_lang(r["question"] + " " + r["reference"])
         if got != r["lang"]:
             problems.append(f"{where}: field 'lang' is {r['lang']!r} but the text reads as {got!r}")
@@ -126,19 +142,26 @@ def check_heldout(qa_path, qa, mc_path, mc) -> list[str]:
 
 def mc_length_shares(mc: list[dict]) -> dict[str, float]:
     """Share of items whose correct option is strictly the longest / strictly the shortest (in characters)."""
+
     def strictly(item, better) -> bool:
         lens = [len(c) for c in item["choices"]]
         return all(better(lens[item["answer"]], length) for i, length in enumerate(lens) if i != item["answer"])
+
     n = len(mc) or 1
-    return {"longest": sum(strictly(r, int.__gt__) for r in mc) / n,
-            "shortest": sum(strictly(r, int.__lt__) for r in mc) / n}
+    return {
+        "longest": sum(strictly(r, int.__gt__) for r in mc) / n,
+        "shortest": sum(strictly(r, int.__lt__) for r in mc) / n,
+    }
 
 
 def mc_length_tells(mc_path, mc) -> list[str]:
     shares = mc_length_shares(mc)
-    return [f"{mc_path}: the correct option is strictly the {which} in {share:.0%} of items (limit "
-            f"{LENGTH_TELL_LIMIT:.0%}; chance about 25 %): option length gives the answer away; rewrite distractors"
-            for which, share in shares.items() if mc and share > LENGTH_TELL_LIMIT]
+    return [
+        f"{mc_path}: the correct option is strictly the {which} in {share:.0%} of items (limit "
+        f"{LENGTH_TELL_LIMIT:.0%}; chance about 25 %): option length gives the answer away; rewrite distractors"
+        for which, share in shares.items()
+        if mc and share > LENGTH_TELL_LIMIT
+    ]
 
 
 def heldout_text(row: dict) -> str:
@@ -159,10 +182,16 @@ def overlaps(train, heldout: list[tuple[str, dict]], semantic: bool):
             yield name, r, train_id, f"shares a {NGRAM}-gram with training item {train_id}"
     if semantic and train and heldout:
         from harness.data.embeddings import encode
+
         sims = encode([r["question"] for _, r in heldout]) @ encode([r["instruction"] for r in train]).T
         for k, (name, r) in enumerate(heldout):
             for j in (sims[k] >= COSINE_LIMIT).nonzero()[0]:
-                yield name, r, train[j]["id"], f"question has MiniLM cosine {sims[k, j]:.2f} with training item {train[j]['id']}"
+                yield (
+                    name,
+                    r,
+                    train[j]["id"],
+                    f"question has MiniLM cosine {sims[k, j]:.2f} with training item {train[j]['id']}",
+                )
 
 
 def contamination(train, heldout: list[tuple[str, dict]], semantic: bool) -> list[str]:
@@ -200,8 +229,10 @@ def check_augmented(path, rows: list[dict], seed: list[dict]) -> list[str]:
             problems.append(f"{where}: field 'style' = {r.get('style')!r} not in {AUGMENTED_STYLES}")
         words = len(r["response"].split())
         if not AUGMENTED_RESPONSE_WORDS[0] <= words <= AUGMENTED_RESPONSE_WORDS[1]:
-            problems.append(f"{where}: field 'response' has {words} words (allowed {AUGMENTED_RESPONSE_WORDS[0]}-"
-                            f"{AUGMENTED_RESPONSE_WORDS[1]})")
+            problems.append(
+                f"{where}: field 'response' has {words} words (allowed {AUGMENTED_RESPONSE_WORDS[0]}-"
+                f"{AUGMENTED_RESPONSE_WORDS[1]})"
+            )
         got = detect_lang(r["instruction"] + " " + r["response"])
         if got != r["lang"]:
             problems.append(f"{where}: field 'lang' is {r['lang']!r} but the text reads as {got!r}")
@@ -216,19 +247,23 @@ def check_augmented(path, rows: list[dict], seed: list[dict]) -> list[str]:
 
 def near_duplicates(path, train) -> list[str]:
     from harness.data.embeddings import encode
+
     vecs = encode([r["instruction"] for r in train])
     sims = vecs @ vecs.T
     problems = []
     for i in range(len(train)):
         for j in range(i + 1, len(train)):
             if sims[i, j] >= NEAR_DUPLICATE_COSINE:
-                problems.append(f"{path}: record {j} (id={train[j]['id']!r}): field 'instruction' near-duplicates record {i} (cosine {sims[i, j]:.2f})")
+                problems.append(
+                    f"{path}: record {j} (id={train[j]['id']!r}): field 'instruction' near-duplicates record {i} (cosine {sims[i, j]:.2f})"
+                )
     return problems
 
 
 def stats_table(train, qa, mc) -> str:
     from rich.console import Console
     from rich.table import Table
+
     table = Table(title="musicprod data: items by topic and language")
     for col in ("topic", "train en", "train de", "qa en", "qa de", "mc en", "mc de"):
         table.add_column(col, justify="right" if col != "topic" else "left")
@@ -247,11 +282,14 @@ def stats_table(train, qa, mc) -> str:
 def coverage_lines(train: list[dict], question_sets: list[tuple[str, list[dict]]]) -> None:
     """How much of each question set's key facts the training text states (cached: harness.eval.coverage)."""
     from harness.eval.coverage import coverage_stats, fact_coverage
+
     for name, qa in question_sets:
         if qa:
             c = coverage_stats(fact_coverage(train, qa))
-            print(f"{name} key facts stated in some training response: {c['stated_share']:.0%} "
-                  f"({c['facts']} facts); in the nearest training item: {c['in_nearest_share']:.0%}")
+            print(
+                f"{name} key facts stated in some training response: {c['stated_share']:.0%} "
+                f"({c['facts']} facts); in the nearest training item: {c['in_nearest_share']:.0%}"
+            )
 
 
 def load_benchmark(bench_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -263,8 +301,13 @@ def as_items(qa: list[dict], mc: list[dict], prefix: str = "") -> list[tuple[str
     return [(f"{prefix}qa", r) for r in qa] + [(f"{prefix}mc", r) for r in mc]
 
 
-def run_check(train_path: str, benchmark_dir: str, semantic: bool = True, augmented_path: str | None = None,
-              dev_dir: str | None = None) -> int:
+def run_check(
+    train_path: str,
+    benchmark_dir: str,
+    semantic: bool = True,
+    augmented_path: str | None = None,
+    dev_dir: str | None = None,
+) -> int:
     bench = Path(benchmark_dir)
     train = load_training_set(train_path)
     qa, mc = load_benchmark(bench)
@@ -290,8 +333,11 @@ def run_check(train_path: str, benchmark_dir: str, semantic: bool = True, augmen
         print(f"error: {p}")
     for p in leaks:
         print(f"contamination: {p}")
-    extra = (f", {len(augmented)} augmented" if augmented else "") + \
-            (f", dev {len(dev_qa)} QA + {len(dev_mc)} MC" if dev_dir else "")
-    print(f"{len(problems)} data errors, {len(leaks)} contamination findings "
-          f"({len(train)} training{extra}, {len(qa)} QA, {len(mc)} MC held-out)")
+    extra = (f", {len(augmented)} augmented" if augmented else "") + (
+        f", dev {len(dev_qa)} QA + {len(dev_mc)} MC" if dev_dir else ""
+    )
+    print(
+        f"{len(problems)} data errors, {len(leaks)} contamination findings "
+        f"({len(train)} training{extra}, {len(qa)} QA, {len(mc)} MC held-out)"
+    )
     return 1 if problems or leaks else 0

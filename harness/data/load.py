@@ -5,6 +5,7 @@ formats people already have, as a JSON list or JSONL (one object per line), and 
 Alpaca ({instruction, input, output}), chat messages ({messages: [{role, content}, ...]}, OpenAI style) and
 ShareGPT ({conversations: [{from, value}, ...]}). Errors name the file, the record (JSONL: the line) and the field.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,13 +73,16 @@ def check_record(path, index: int, row, required, optional=(), where: str | None
         if key in row:
             value = row[key]
             if not isinstance(value, str):
-                raise DatasetError(f"{path}: {where} (id={row.get('id')!r}): field {key!r} must be a string, "
-                                   f"got {type(value).__name__}")
+                raise DatasetError(
+                    f"{path}: {where} (id={row.get('id')!r}): field {key!r} must be a string, "
+                    f"got {type(value).__name__}"
+                )
             if not value.strip():
                 raise DatasetError(f"{path}: {where} (id={row.get('id')!r}): field {key!r} is empty")
     if "lang" in row and row["lang"] not in LANGS:
-        raise DatasetError(f"{path}: {where} (id={row['id']!r}): field 'lang' must be one of {LANGS}, "
-                           f"got {row['lang']!r}")
+        raise DatasetError(
+            f"{path}: {where} (id={row['id']!r}): field 'lang' must be one of {LANGS}, got {row['lang']!r}"
+        )
 
 
 def check_unique_ids(path, rows) -> None:
@@ -112,7 +116,9 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 
 
 def _turns(path, where: str, row: dict, fmt: str) -> list[dict]:
-    key, role_key, text_key = ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
+    key, role_key, text_key = (
+        ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
+    )
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         raise DatasetError(f"{path}: {where}: field {key!r} must be a non-empty list of turns")
@@ -120,12 +126,16 @@ def _turns(path, where: str, row: dict, fmt: str) -> list[dict]:
     for j, turn in enumerate(turns):
         role = SHAREGPT_ROLES.get(turn.get(role_key)) if isinstance(turn, dict) else None
         if role is None:
-            raise DatasetError(f"{path}: {where}: {key}[{j}].{role_key} must be one of "
-                               f"{sorted(SHAREGPT_ROLES) if fmt == 'sharegpt' else ['system', 'user', 'assistant']}")
+            raise DatasetError(
+                f"{path}: {where}: {key}[{j}].{role_key} must be one of "
+                f"{sorted(SHAREGPT_ROLES) if fmt == 'sharegpt' else ['system', 'user', 'assistant']}"
+            )
         out.append({"role": role, "content": _text(path, f"{where}: {key}[{j}]", turn, text_key)})
     if out[-1]["role"] != "assistant" or not any(t["role"] == "user" for t in out):
-        raise DatasetError(f"{path}: {where}: field {key!r} must hold a user turn and end with the assistant's "
-                           "answer (the turn that is trained on)")
+        raise DatasetError(
+            f"{path}: {where}: field {key!r} must hold a user turn and end with the assistant's "
+            "answer (the turn that is trained on)"
+        )
     return out
 
 
@@ -152,6 +162,7 @@ def to_native(path, where: str, index: int, row, fmt: str) -> dict:
 
 def detect_language(text: str) -> str:
     import py3langid
+
     return py3langid.classify(text)[0]
 
 
@@ -229,9 +240,16 @@ def to_prompt_completion(row: dict, system_prompt: str = "") -> dict:
 
 
 def dataset_fingerprint(data_cfg, train: list, val: list) -> dict:
-    info = {"path": str(data_cfg.train_path), "sha256": sha256_file(data_cfg.train_path), "train_items": len(train),
-            "validation_items": len(val)}
+    info = {
+        "path": str(data_cfg.train_path),
+        "sha256": sha256_file(data_cfg.train_path),
+        "train_items": len(train),
+        "validation_items": len(val),
+    }
     if data_cfg.augmented_path:
-        info.update(augmented_path=str(data_cfg.augmented_path), augmented_sha256=sha256_file(data_cfg.augmented_path),
-                    augmented_items=sum("augmented_from" in r for r in train))
+        info.update(
+            augmented_path=str(data_cfg.augmented_path),
+            augmented_sha256=sha256_file(data_cfg.augmented_path),
+            augmented_items=sum("augmented_from" in r for r in train),
+        )
     return info

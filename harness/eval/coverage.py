@@ -5,6 +5,7 @@ A QA item's key fact is *stated in training* when one of its own regexes matches
 question (MiniLM cosine). Recall on stated facts is what fine-tuning can teach; recall on the others measures
 what the base model brings (or guesses). Computed once per (training text, question file) and cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +33,7 @@ def _stated(pattern: str, joined: str) -> bool:
 def nearest_training_items(train: list[dict], questions: list[str]) -> list[int]:
     """Index of the training item whose instruction is nearest (MiniLM cosine) to each question."""
     from harness.data.embeddings import encode
+
     sims = encode(questions) @ encode([r["instruction"] for r in train]).T
     return [int(i) for i in sims.argmax(axis=1)]
 
@@ -41,9 +43,13 @@ def compute_coverage(train: list[dict], qa: list[dict]) -> dict[str, dict]:
     nearest = nearest_training_items(train, [r["question"] for r in qa])
     out = {}
     for item, j in zip(qa, nearest):
-        facts = [{"stated": any(_stated(p, joined) for p in f["any_of"]),
-                  "in_nearest": any(re.search(p, train[j]["response"], re.IGNORECASE) for p in f["any_of"])}
-                 for f in item["key_facts"]]
+        facts = [
+            {
+                "stated": any(_stated(p, joined) for p in f["any_of"]),
+                "in_nearest": any(re.search(p, train[j]["response"], re.IGNORECASE) for p in f["any_of"]),
+            }
+            for f in item["key_facts"]
+        ]
         out[item["id"]] = {"nearest_train_id": train[j]["id"], "facts": facts}
     return out
 
@@ -61,10 +67,16 @@ def fact_coverage(train: list[dict], qa: list[dict]) -> dict[str, dict]:
 def coverage_stats(coverage: dict[str, dict]) -> dict[str, float]:
     """Shares of all key facts stated in training / in the nearest item, and the per-item mean of those shares."""
     facts = [f for c in coverage.values() for f in c["facts"]]
-    per_item = lambda k: sum(sum(f[k] for f in c["facts"]) / len(c["facts"]) for c in coverage.values()) / max(1, len(coverage))
-    return {"facts": len(facts), "stated_share": sum(f["stated"] for f in facts) / max(1, len(facts)),
-            "in_nearest_share": sum(f["in_nearest"] for f in facts) / max(1, len(facts)),
-            "stated_per_item": per_item("stated"), "in_nearest_per_item": per_item("in_nearest")}
+    per_item = lambda k: (
+        sum(sum(f[k] for f in c["facts"]) / len(c["facts"]) for c in coverage.values()) / max(1, len(coverage))
+    )
+    return {
+        "facts": len(facts),
+        "stated_share": sum(f["stated"] for f in facts) / max(1, len(facts)),
+        "in_nearest_share": sum(f["in_nearest"] for f in facts) / max(1, len(facts)),
+        "stated_per_item": per_item("stated"),
+        "in_nearest_per_item": per_item("in_nearest"),
+    }
 
 
 def fact_hits(key_facts: list[dict], text: str) -> list[bool]:
@@ -81,5 +93,8 @@ def recall_over(row: dict, coverage: dict, which: str, stated: bool) -> float | 
     return sum(hits) / len(hits) if hits else None
 
 
-COVERAGE_SLICES = {"stated in training": ("stated", True), "not stated in training": ("stated", False),
-                   "in the nearest training item": ("in_nearest", True)}
+COVERAGE_SLICES = {
+    "stated in training": ("stated", True),
+    "not stated in training": ("stated", False),
+    "in the nearest training item": ("in_nearest", True),
+}

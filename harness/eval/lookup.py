@@ -4,6 +4,7 @@ Not a model and never a champion: it shows what the training data holds for thes
 model that only memorised its training answers could reach by retrieval) so a fine-tuned model's recall can be
 read as a share of it. MC: the option most similar (MiniLM cosine) to that retrieved response.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,6 +19,7 @@ def lookup_answers(train: list[dict], qa: list[dict]) -> list[str]:
 def lookup_choices(train: list[dict], mc: list[dict]) -> list[int]:
     """Per MC item, the index of the option nearest to the retrieved training response."""
     from harness.data.embeddings import encode
+
     if not mc:
         return []
     answers = encode(lookup_answers(train, mc))

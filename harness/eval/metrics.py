@@ -4,6 +4,7 @@ ROUGE-L (rouge_score), sentence BLEU and chrF (sacrebleu), key-fact recall (the 
 and SemScore (cosine of all-MiniLM-L6-v2 embeddings). All are per item so that every aggregate can get a
 bootstrap CI and every system pair a paired test over the same items.
 """
+
 from __future__ import annotations
 
 import re
@@ -11,8 +12,15 @@ from functools import lru_cache
 
 QA_METRICS = ("rougeL", "bleu", "chrf", "key_fact_recall", "semscore")
 # Units, for reports: BLEU and chrF keep sacrebleu's 0-100 scale, the rest are 0-1.
-METRIC_SCALE = {"rougeL": 1.0, "bleu": 100.0, "chrf": 100.0, "key_fact_recall": 1.0, "semscore": 1.0,
-                "acc": 1.0, "acc_norm": 1.0}
+METRIC_SCALE = {
+    "rougeL": 1.0,
+    "bleu": 100.0,
+    "chrf": 100.0,
+    "key_fact_recall": 1.0,
+    "semscore": 1.0,
+    "acc": 1.0,
+    "acc_norm": 1.0,
+}
 
 
 class UnicodeWordTokenizer:
@@ -25,6 +33,7 @@ class UnicodeWordTokenizer:
 @lru_cache(maxsize=2)
 def _rouge_scorer(lang: str):
     from rouge_score import rouge_scorer
+
     if lang == "en":  # the standard setting: default tokenizer + Porter stemmer (English-only rules)
         return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return rouge_scorer.RougeScorer(["rougeL"], tokenizer=UnicodeWordTokenizer())
@@ -36,11 +45,13 @@ def rouge_l(prediction: str, reference: str, lang: str = "en") -> float:
 
 def bleu(prediction: str, reference: str) -> float:
     import sacrebleu
+
     return sacrebleu.sentence_bleu(prediction, [reference]).score
 
 
 def chrf(prediction: str, reference: str) -> float:
     import sacrebleu
+
     return sacrebleu.sentence_chrf(prediction, [reference]).score
 
 
@@ -55,12 +66,17 @@ def semscore(prediction: str, reference: str) -> float:
     if not prediction.strip():
         return 0.0
     from harness.data.embeddings import encode
+
     a, b = encode([prediction, reference])
     return float(a @ b)
 
 
 def qa_scores(prediction: str, item: dict) -> dict[str, float]:
     reference, lang = item["reference"], item.get("lang", "en")
-    return {"rougeL": rouge_l(prediction, reference, lang), "bleu": bleu(prediction, reference),
-            "chrf": chrf(prediction, reference), "key_fact_recall": key_fact_recall(item["key_facts"], prediction),
-            "semscore": semscore(prediction, reference)}
+    return {
+        "rougeL": rouge_l(prediction, reference, lang),
+        "bleu": bleu(prediction, reference),
+        "chrf": chrf(prediction, reference),
+        "key_fact_recall": key_fact_recall(item["key_facts"], prediction),
+        "semscore": semscore(prediction, reference),
+    }

@@ -9,6 +9,7 @@ calculate_weighted_summed_score). When that method raises AttributeError it fall
     hf      HFJudge: a local HF model via harness.judge.hf_engine (constrained JSON, logprobs from its own softmax)
     openai  OpenAIJudge: any OpenAI-compatible /v1/chat/completions (openai client; response_format json_schema)
 """
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,15 @@ from openai.types.chat import ChatCompletion  # noqa: E402
 
 SCORE_MIN, SCORE_MAX = 1, 5
 # The score comes first: it must not depend on the reason that follows. 1..5 keeps every level one token wide.
-SCORE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["score", "reason"],
-                "properties": {"score": {"type": "integer", "enum": list(range(SCORE_MIN, SCORE_MAX + 1))},
-                               "reason": {"type": "string"}}}
+SCORE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["score", "reason"],
+    "properties": {
+        "score": {"type": "integer", "enum": list(range(SCORE_MIN, SCORE_MAX + 1))},
+        "reason": {"type": "string"},
+    },
+}
 
 
 def json_schema_of(schema) -> dict:
@@ -37,6 +44,7 @@ def json_schema_of(schema) -> dict:
     if getattr(schema, "__name__", "") == "ReasonScore":
         return SCORE_SCHEMA
     from harness.judge.hf_engine import resolve_refs
+
     out = resolve_refs(schema.model_json_schema())
     out.pop("title", None)
     for spec in out.get("properties", {}).values():
@@ -69,14 +77,20 @@ class JudgeLLM(DeepEvalBaseLLM):
         if not self.settings.logprobs:
             raise AttributeError("logprobs switched off (settings.logprobs=false): deepeval uses generate(schema=...)")
         self.last_prompt = prompt  # kept for debugging and for the test that recomputes the weighted score
-        res = self.chat(prompt, SCORE_SCHEMA if self.settings.json_schema else None, True,
-                        min(top_logprobs, self.settings.top_logprobs))
+        res = self.chat(
+            prompt,
+            SCORE_SCHEMA if self.settings.json_schema else None,
+            True,
+            min(top_logprobs, self.settings.top_logprobs),
+        )
         has_logprobs = bool(res.choices[0].logprobs and res.choices[0].logprobs.content)
         self.last_call["weighted"] = has_logprobs
         if not has_logprobs and not getattr(self, "_warned", False):
             self._warned = True
-            warnings.warn(f"{self.get_model_name()}: the endpoint returned no logprobs; scores are the integer "
-                          "levels, not G-Eval's probability-weighted score")
+            warnings.warn(
+                f"{self.get_model_name()}: the endpoint returned no logprobs; scores are the integer "
+                "levels, not G-Eval's probability-weighted score"
+            )
         return res, 0.0
 
     async def a_generate_raw_response(self, prompt: str, top_logprobs: int = 5):
@@ -102,13 +116,19 @@ class HFJudge(JudgeLLM):
     def load_model(self):
         from harness.judge.hf_engine import HFChatEngine
         from harness.models import prepare
+
         resolved = prepare(self.settings.model, self.settings.model_cache_dir, progress=False)
         self.model_path = resolved.path
         return HFChatEngine(resolved.path, dtype=self.settings.dtype, model_name=self.settings.model)
 
     def chat(self, prompt, schema, logprobs, top_logprobs) -> ChatCompletion:
-        raw = self.model.complete([{"role": "user", "content": prompt}], schema=schema, max_tokens=self.settings.reason_tokens
-                                  if schema is not None else self.max_tokens(), logprobs=logprobs, top_logprobs=top_logprobs)
+        raw = self.model.complete(
+            [{"role": "user", "content": prompt}],
+            schema=schema,
+            max_tokens=self.settings.reason_tokens if schema is not None else self.max_tokens(),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
         self.last_call = {"diagnostics": raw.get("musicprod_diagnostics", {})}
         return ChatCompletion.model_validate(raw)
 
@@ -118,17 +138,25 @@ class OpenAIJudge(JudgeLLM):
 
     def load_model(self):
         from openai import OpenAI
+
         key = os.environ.get(self.settings.api_key_env, "") if self.settings.api_key_env else ""
         # Local servers (Ollama, vLLM, llama.cpp, musicprod serve) ignore the key; the client insists on one.
-        return OpenAI(base_url=self.settings.base_url, api_key=key or "not-needed",
-                      timeout=self.settings.timeout_s, max_retries=1)
+        return OpenAI(
+            base_url=self.settings.base_url, api_key=key or "not-needed", timeout=self.settings.timeout_s, max_retries=1
+        )
 
     def chat(self, prompt, schema, logprobs, top_logprobs) -> ChatCompletion:
-        kwargs = {"model": self.settings.model, "messages": [{"role": "user", "content": prompt}],
-                  "temperature": 0.0, "max_tokens": self.max_tokens()}
+        kwargs = {
+            "model": self.settings.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens(),
+        }
         if schema is not None:
-            kwargs["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "judgement", "schema": schema, "strict": True}}
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "judgement", "schema": schema, "strict": True},
+            }
         if logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         res = self.model.chat.completions.create(**kwargs)

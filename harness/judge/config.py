@@ -4,6 +4,7 @@ Loaded like the experiment config (harness.config): a YAML file and/or key=value
 wrong types are errors naming the key and the source. The lm-eval task also reads MUSICPROD_JUDGE_CONFIG (a YAML
 path) and MUSICPROD_JUDGE_<FIELD> environment variables (e.g. MUSICPROD_JUDGE_BACKEND=openai).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,25 +21,53 @@ ENV_PREFIX = "MUSICPROD_JUDGE_"
 
 @dataclass
 class JudgeSettings:
-    backend: str = _field("hf", "Judge backend: hf (a local HF model, scored from its token distribution) or openai "
-                                "(any OpenAI-compatible /v1/chat/completions endpoint: Ollama, vLLM, llama.cpp, musicprod serve).")
-    model: str = _field("smollm2-135m-instruct", "hf: registry name, local HF folder or HF id. openai: the model name the endpoint serves.")
-    model_cache_dir: str = _field("~/.cache/musicprod/models", "hf: where prepared registry models live (as model.cache_dir).")
+    backend: str = _field(
+        "hf",
+        "Judge backend: hf (a local HF model, scored from its token distribution) or openai "
+        "(any OpenAI-compatible /v1/chat/completions endpoint: Ollama, vLLM, llama.cpp, musicprod serve).",
+    )
+    model: str = _field(
+        "smollm2-135m-instruct",
+        "hf: registry name, local HF folder or HF id. openai: the model name the endpoint serves.",
+    )
+    model_cache_dir: str = _field(
+        "~/.cache/musicprod/models", "hf: where prepared registry models live (as model.cache_dir)."
+    )
     base_url: str = _field("http://127.0.0.1:11434/v1", "openai: base URL of the endpoint, up to and including /v1.")
-    api_key_env: str = _field("OPENAI_API_KEY", "openai: name of the environment variable holding the API key (unset = no key; local servers ignore it).")
+    api_key_env: str = _field(
+        "OPENAI_API_KEY",
+        "openai: name of the environment variable holding the API key (unset = no key; local servers ignore it).",
+    )
     name: str = _field("", "Folder name under runs/<exp>/judge/ ('' = derived from the model).")
-    max_items: int = _field(40, "Judge only the first N QA items of each target (0 = all). Each item costs 3 judge calls per target.")
-    sanity_items: int = _field(40, "Sanity set size: reference answer vs an off-topic answer for the same question (0 = skip; then the judge cannot be marked reliable).")
+    max_items: int = _field(
+        40, "Judge only the first N QA items of each target (0 = all). Each item costs 3 judge calls per target."
+    )
+    sanity_items: int = _field(
+        40,
+        "Sanity set size: reference answer vs an off-topic answer for the same question (0 = skip; then the judge cannot be marked reliable).",
+    )
     repeats: int = _field(10, "Items judged a second time to measure self-consistency (0 = skip).")
     pairwise: bool = _field(True, "Also compare every system with the base model, answers shown in both orders.")
     cache_dir: str = _field("", "deepeval's working folder (.deepeval/) ('' = runs/<exp>/judge/.deepeval).")
-    top_logprobs: int = _field(5, "Alternatives per token requested for the probability-weighted score (1-5 scale: 5 covers every level).")
-    logprobs: bool = _field(True, "Ask for token logprobs (G-Eval's probability-weighted score). openai: set false for servers without logprobs; the integer score is used then.")
-    json_schema: bool = _field(True, "Constrain the judge's output to the score JSON schema (hf: constrained decoding; openai: response_format json_schema).")
-    reason_tokens: int = _field(32, "Longest generated reason in tokens (the score comes first and does not depend on it).")
+    top_logprobs: int = _field(
+        5, "Alternatives per token requested for the probability-weighted score (1-5 scale: 5 covers every level)."
+    )
+    logprobs: bool = _field(
+        True,
+        "Ask for token logprobs (G-Eval's probability-weighted score). openai: set false for servers without logprobs; the integer score is used then.",
+    )
+    json_schema: bool = _field(
+        True,
+        "Constrain the judge's output to the score JSON schema (hf: constrained decoding; openai: response_format json_schema).",
+    )
+    reason_tokens: int = _field(
+        32, "Longest generated reason in tokens (the score comes first and does not depend on it)."
+    )
     dtype: str = _field("float32", "hf: weights dtype, float32 or bfloat16.")
     timeout_s: float = _field(120.0, "openai: seconds per request.")
-    reliability_bar: float = _field(0.9, "Share of sanity cases where the judge must prefer the reference; below it the judge is marked unreliable.")
+    reliability_bar: float = _field(
+        0.9, "Share of sanity cases where the judge must prefer the reference; below it the judge is marked unreliable."
+    )
 
 
 def validate_judge(s: JudgeSettings) -> JudgeSettings:
@@ -65,8 +94,9 @@ def _read_yaml(path: str | Path) -> dict:
     return values.get("judge", values) if isinstance(values.get("judge"), dict) else values
 
 
-def load_judge_settings(path: str | Path | None = None, overrides: list[str] | None = None,
-                        values: dict | None = None) -> JudgeSettings:
+def load_judge_settings(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: dict | None = None
+) -> JudgeSettings:
     """YAML file (optional; a top-level `judge:` section is accepted too), then a dict, then key=value overrides."""
     source = str(path) if path else "judge settings"
     merged = _read_yaml(path) if path else {}
@@ -81,8 +111,11 @@ def settings_from_env(values: dict | None = None, environ=None) -> JudgeSettings
     """For the lm-eval task: MUSICPROD_JUDGE_CONFIG (YAML) < MUSICPROD_JUDGE_<FIELD> < `values` (task metadata)."""
     environ = os.environ if environ is None else environ
     names = {f.name for f in dataclasses.fields(JudgeSettings)}
-    from_env = {k[len(ENV_PREFIX):].lower(): v for k, v in environ.items()
-                if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):].lower() in names}
+    from_env = {
+        k[len(ENV_PREFIX) :].lower(): v
+        for k, v in environ.items()
+        if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX) :].lower() in names
+    }
     return load_judge_settings(environ.get(ENV_PREFIX + "CONFIG") or None, values=_merge(from_env, values or {}))
 
 
@@ -94,4 +127,6 @@ def judge_name(s: JudgeSettings) -> str:
 
 def describe_judge() -> list[tuple[str, str, str]]:
     default = JudgeSettings()
-    return [(f.name, repr(getattr(default, f.name)), f.metadata.get("help", "")) for f in dataclasses.fields(JudgeSettings)]
+    return [
+        (f.name, repr(getattr(default, f.name)), f.metadata.get("help", "")) for f in dataclasses.fields(JudgeSettings)
+    ]

@@ -11,6 +11,7 @@ Logprobs: a forced token (JSON punctuation, field names) has probability 1 under
 constrained sampler draws from; greedy = its argmax); free-string tokens report the full-vocabulary log-softmax.
 `score_mass` (in `musicprod_diagnostics`) keeps how much of the unconstrained probability fell on the legal options.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,7 +42,9 @@ def enum_options(spec: dict, where: str) -> list | None:
         return list(range(lo, hi + 1))
     if kind == "string":
         return None
-    raise EngineError(f"{where}: unsupported schema {spec!r} (supported: enum, const, integer with minimum/maximum, string)")
+    raise EngineError(
+        f"{where}: unsupported schema {spec!r} (supported: enum, const, integer with minimum/maximum, string)"
+    )
 
 
 def resolve_refs(schema: dict) -> dict:
@@ -58,12 +61,17 @@ def resolve_refs(schema: dict) -> dict:
         if isinstance(node, list):
             return [walk(v) for v in node]
         return node
+
     return walk(schema)
 
 
 def _entry(token: str, logprob: float, top: list[tuple[str, float]] | None = None) -> dict:
-    return {"token": token, "logprob": float(logprob), "bytes": list(token.encode("utf-8")),
-            "top_logprobs": [{"token": t, "logprob": float(lp), "bytes": list(t.encode("utf-8"))} for t, lp in (top or [])]}
+    return {
+        "token": token,
+        "logprob": float(logprob),
+        "bytes": list(token.encode("utf-8")),
+        "top_logprobs": [{"token": t, "logprob": float(lp), "bytes": list(t.encode("utf-8"))} for t, lp in (top or [])],
+    }
 
 
 class HFChatEngine:
@@ -71,6 +79,7 @@ class HFChatEngine:
 
     def __init__(self, model_path: str | Path, dtype: str = "float32", model_name: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
         self.model_path = str(model_path)
         self.model_name = model_name or Path(self.model_path).name
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -85,7 +94,7 @@ class HFChatEngine:
         self.min_prefix = 32
 
     def _remember(self, ids: list[int], cache) -> None:
-        self._prefixes = [p for p in self._prefixes if p[0] != ids][-(self.max_prefixes - 1):]
+        self._prefixes = [p for p in self._prefixes if p[0] != ids][-(self.max_prefixes - 1) :]
         self._prefixes.append((list(ids), copy.deepcopy(cache)))
 
     def _start(self, ids: list[int]) -> "HFChatEngine._State":
@@ -132,9 +141,10 @@ class HFChatEngine:
 
         @torch.inference_mode()
         def next_logprobs(self) -> torch.Tensor:
-            new = self.ids[self.fed:] if self.cache is not None else self.ids
-            out = self.engine.model(input_ids=torch.tensor([new]), past_key_values=self.cache, use_cache=True,
-                                    logits_to_keep=1)
+            new = self.ids[self.fed :] if self.cache is not None else self.ids
+            out = self.engine.model(
+                input_ids=torch.tensor([new]), past_key_values=self.cache, use_cache=True, logits_to_keep=1
+            )
             self.cache, self.fed = out.past_key_values, len(self.ids)
             if self.first:
                 self.first = False
@@ -146,7 +156,7 @@ class HFChatEngine:
             """Sum of log p(continuation | ids), one full forward without the cache (multi-token options)."""
             ids = self.ids + continuation
             logits = self.engine.model(input_ids=torch.tensor([ids])).logits[0].float()
-            lps = torch.log_softmax(logits[len(self.ids) - 1:len(ids) - 1], dim=-1)
+            lps = torch.log_softmax(logits[len(self.ids) - 1 : len(ids) - 1], dim=-1)
             return float(lps[torch.arange(len(continuation)), torch.tensor(continuation)].sum())
 
         def extend(self, ids: list[int], reset: bool = False) -> None:
@@ -189,7 +199,9 @@ class HFChatEngine:
                     pieces.append(head)
                 break
             values, ids = torch.topk(lp, top_k)
-            entries.append(_entry(text, float(lp[token]), [(self._text(int(i)), float(v)) for v, i in zip(values, ids)]))
+            entries.append(
+                _entry(text, float(lp[token]), [(self._text(int(i)), float(v)) for v, i in zip(values, ids)])
+            )
             pieces.append(text)
             state.extend([token])
         return "".join(pieces).strip(), entries
@@ -210,8 +222,12 @@ class HFChatEngine:
         for i, (key, spec) in enumerate(props.items()):
             where = f"schema.properties.{key}"
             options = enum_options(spec, where)
-            force(("{" if i == 0 else ", ") + json.dumps(key) + ": " + ('"' if options is None or
-                                                                       all(isinstance(o, str) for o in options) else ""))
+            force(
+                ("{" if i == 0 else ", ")
+                + json.dumps(key)
+                + ": "
+                + ('"' if options is None or all(isinstance(o, str) for o in options) else "")
+            )
             if options is not None:
                 choice, entry, mass = self._choose(state, options, top_k)
                 content += entry["token"]
@@ -239,14 +255,23 @@ class HFChatEngine:
             if token in self.stop_ids:
                 break
             values, ids = torch.topk(lp, top_k)
-            entries.append(_entry(self._text(token), float(lp[token]),
-                                  [(self._text(int(i)), float(v)) for v, i in zip(values, ids)]))
+            entries.append(
+                _entry(
+                    self._text(token), float(lp[token]), [(self._text(int(i)), float(v)) for v, i in zip(values, ids)]
+                )
+            )
             out.append(token)
             state.extend([token])
         return self.tokenizer.decode(out), entries
 
-    def complete(self, messages: list[dict], schema: dict | None = None, max_tokens: int = 64,
-                 logprobs: bool = True, top_logprobs: int = 5) -> dict:
+    def complete(
+        self,
+        messages: list[dict],
+        schema: dict | None = None,
+        max_tokens: int = 64,
+        logprobs: bool = True,
+        top_logprobs: int = 5,
+    ) -> dict:
         """An OpenAI `chat.completion` object (as a dict). `schema`: a JSON schema the content must follow."""
         prompt = self.prompt_ids(messages)
         state = self._start(prompt)
@@ -258,12 +283,22 @@ class HFChatEngine:
             content, entries = self._free(state, max_tokens, top_k)
         completion_tokens = len(state.ids) - len(prompt)
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": self.model_name,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content},
-                         "logprobs": {"content": entries} if logprobs else None}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": completion_tokens,
-                      "total_tokens": len(prompt) + completion_tokens},
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": {"content": entries} if logprobs else None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": completion_tokens,
+                "total_tokens": len(prompt) + completion_tokens,
+            },
             "musicprod_diagnostics": diagnostics,
         }

@@ -1,4 +1,5 @@
 """What a judge run reads: the experiment's saved generations and the sanity questions."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,10 @@ def experiment_generations(experiment_dir: Path) -> dict[str, list[dict]]:
     """{target: rows} for every eval/<target>/generations.jsonl, base first."""
     files = generation_files(experiment_dir)
     if not files:
-        raise JudgeError(f"{eval_dir(experiment_dir)}/<target>/{GENERATIONS_FILE}: none found; run `musicprod eval` "
-                         "first (the judge scores saved generations, it does not generate)")
+        raise JudgeError(
+            f"{eval_dir(experiment_dir)}/<target>/{GENERATIONS_FILE}: none found; run `musicprod eval` "
+            "first (the judge scores saved generations, it does not generate)"
+        )
     found = {target: read_generations(p) for target, p in files.items()}
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != BASE_TARGET, kv[0])))
 
@@ -52,17 +55,27 @@ def sanity_cases(qa_items: list[dict], n: int) -> list[dict]:
     cases = []
     for idx in picks:
         item = qa_items[idx]
-        rotated = qa_items[idx + 1:] + qa_items[:idx]
-        other = next((o for o in rotated if o["topic"] != item["topic"] and o.get("lang") == item.get("lang")),
-                     next((o for o in rotated if o["topic"] != item["topic"]), None))
+        rotated = qa_items[idx + 1 :] + qa_items[:idx]
+        other = next(
+            (o for o in rotated if o["topic"] != item["topic"] and o.get("lang") == item.get("lang")),
+            next((o for o in rotated if o["topic"] != item["topic"]), None),
+        )
         if other is None:
             continue
-        cases.append({"id": item["id"], "question": item["question"], "reference": item["reference"],
-                      "key_facts": item.get("key_facts", []), "off_topic_id": other["id"],
-                      "off_topic_answer": other["reference"]})
+        cases.append(
+            {
+                "id": item["id"],
+                "question": item["question"],
+                "reference": item["reference"],
+                "key_facts": item.get("key_facts", []),
+                "off_topic_id": other["id"],
+                "off_topic_answer": other["reference"],
+            }
+        )
     return cases
 
 
 def load_sanity_questions(path: Path = BENCHMARK_QA) -> list[dict]:
     from harness.data.check import load_qa
+
     return load_qa(path)

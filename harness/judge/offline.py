@@ -6,6 +6,7 @@ an OTLP exporter); checks PyPI for updates when DEEPEVAL_UPDATE_WARNING_OPT_IN =
 in the *current directory*. It does not read `.env` files (newer releases do unless DEEPEVAL_DISABLE_DOTENV=1,
 set here too). So: force the opt-out values, and import with the cwd switched to `cache_dir` once.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,20 @@ import sys
 import threading
 from pathlib import Path
 
-DEEPEVAL_ENV = {"DEEPEVAL_TELEMETRY_OPT_OUT": "YES", "DEEPEVAL_UPDATE_WARNING_OPT_IN": "NO",
-                "DEEPEVAL_DISABLE_DOTENV": "1", "ERROR_REPORTING": "NO", "TELEMETRY_OPT_OUT": "YES"}
+DEEPEVAL_ENV = {
+    "DEEPEVAL_TELEMETRY_OPT_OUT": "YES",
+    "DEEPEVAL_UPDATE_WARNING_OPT_IN": "NO",
+    "DEEPEVAL_DISABLE_DOTENV": "1",
+    "ERROR_REPORTING": "NO",
+    "TELEMETRY_OPT_OUT": "YES",
+}
 _lock = threading.Lock()
 
 
 def offline_deepeval_env() -> None:
     """Force (not setdefault) the values deepeval checks literally."""
     from harness import set_offline_env
+
     set_offline_env()
     os.environ.update(DEEPEVAL_ENV)
 
@@ -33,6 +40,7 @@ def import_deepeval(cache_dir: str | Path | None = None):
     with _lock:
         if cache_dir is None:
             import deepeval
+
             return deepeval
         cache = Path(cache_dir).expanduser().resolve()
         cache.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Whether a judge can be trusted, measured: sanity pass rate against the bar, self-consistency, position
 consistency of pairwise verdicts, and agreement with people."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,9 @@ def combine_orders(first: str, second_swapped: str) -> tuple[str, bool]:
 def pairwise_summary(rows: list[dict]) -> list[dict]:
     out = {}
     for r in rows:
-        t = out.setdefault((r["a"], r["b"]), {"a": r["a"], "b": r["b"], "wins": 0, "ties": 0, "losses": 0,
-                                              "consistent": 0, "n": 0})
+        t = out.setdefault(
+            (r["a"], r["b"]), {"a": r["a"], "b": r["b"], "wins": 0, "ties": 0, "losses": 0, "consistent": 0, "n": 0}
+        )
         t[{"win": "wins", "tie": "ties", "loss": "losses"}[r["verdict"]]] += 1
         t["consistent"] += r["consistent"]
         t["n"] += 1

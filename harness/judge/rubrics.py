@@ -1,5 +1,6 @@
 """The judge's rubrics and how one answer is scored: deepeval G-Eval metrics with explicit steps and anchored
 levels per dimension (they see the question, the answer, the reference and the key facts), and the pairwise prompt."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -88,6 +89,7 @@ def make_judge(settings: JudgeSettings, cache_dir: str | Path | None):
     """The configured backend as a deepeval model; deepeval is imported offline with its folder in `cache_dir`."""
     import_deepeval(cache_dir)
     from harness.judge.backends import make_backend
+
     return make_backend(settings)
 
 
@@ -106,11 +108,20 @@ def rubric_metrics(judge) -> dict:
             return super()._evaluate(test_case, _additional_context=_additional_context)
 
     params = [P.INPUT, P.ACTUAL_OUTPUT, P.EXPECTED_OUTPUT, P.CONTEXT]
-    return {dim: RubricGEval(name=dim, evaluation_params=params, evaluation_steps=spec["steps"],
-                             rubric=[Rubric(score_range=(k, k), expected_outcome=v) for k, v in spec["levels"].items()],
-                             model=judge, async_mode=False, top_logprobs=judge.settings.top_logprobs,
-                             threshold=0.3, _include_g_eval_suffix=False)
-            for dim, spec in RUBRICS.items()}
+    return {
+        dim: RubricGEval(
+            name=dim,
+            evaluation_params=params,
+            evaluation_steps=spec["steps"],
+            rubric=[Rubric(score_range=(k, k), expected_outcome=v) for k, v in spec["levels"].items()],
+            model=judge,
+            async_mode=False,
+            top_logprobs=judge.settings.top_logprobs,
+            threshold=0.3,
+            _include_g_eval_suffix=False,
+        )
+        for dim, spec in RUBRICS.items()
+    }
 
 
 def fact_lines(key_facts) -> list[str]:
@@ -123,8 +134,13 @@ def fact_lines(key_facts) -> list[str]:
 def score_answer(metrics: dict, judge, question: str, answer: str, reference: str, key_facts) -> dict:
     """{dim: 1..5 or None, reasons: {dim: str}, weighted: {dim: bool}, score_mass: {dim: float}, errors: {dim: str}}."""
     from deepeval.test_case import LLMTestCase
-    case = LLMTestCase(input=question, actual_output=answer.strip() or "(no answer)", expected_output=reference,
-                       context=fact_lines(key_facts))
+
+    case = LLMTestCase(
+        input=question,
+        actual_output=answer.strip() or "(no answer)",
+        expected_output=reference,
+        context=fact_lines(key_facts),
+    )
     out = {"reasons": {}, "weighted": {}, "score_mass": {}, "errors": {}}
     for dim, metric in metrics.items():
         judge.last_call = {}
@@ -154,8 +170,12 @@ def pairwise_verdict(judge, item: dict, answer_a: str, answer_b: str) -> str:
     class Verdict(BaseModel):
         verdict: Literal["A", "B", "tie"]
 
-    prompt = PAIRWISE_PROMPT.format(question=item["question"], reference=item["reference"],
-                                    facts="\n".join(f"- {f}" for f in fact_lines(item.get("key_facts"))),
-                                    a=answer_a.strip() or "(no answer)", b=answer_b.strip() or "(no answer)")
+    prompt = PAIRWISE_PROMPT.format(
+        question=item["question"],
+        reference=item["reference"],
+        facts="\n".join(f"- {f}" for f in fact_lines(item.get("key_facts"))),
+        a=answer_a.strip() or "(no answer)",
+        b=answer_b.strip() or "(no answer)",
+    )
     result = judge.generate(prompt, schema=Verdict)
     return result.verdict
