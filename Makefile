@@ -38,6 +38,7 @@ system-deps:
 	  else echo "chromium/chromedriver missing and not root: browser tests will be skipped"; fi; fi
 
 test: $(STAMP) system-deps alloc-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 bench-train: $(STAMP) alloc-deps
