@@ -30,7 +30,10 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
+@contextmanager
+def atomic_open(path: str | Path, newline: str | None = None):
+    """Yield a text file that replaces `path` in one rename once the block ends without error (fsynced first);
+    on error the temp file goes and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,16 +41,21 @@ def write_json_atomic(path: str | Path, obj) -> Path:
         # mkstemp creates 0600; give the file the mode a plain open() would (a container reading a mounted
         # runs/ folder as another user must be able to read the records).
         os.fchmod(fd, _umask_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+    return Path(path)
 
 
 @contextmanager

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
-from harness.io import now_iso
+from harness.io import atomic_open, now_iso
 from harness.ratings.store import (
     _FORMULA_START,
     PAIR_CHOICES,
@@ -72,20 +70,10 @@ def _restore(value: str) -> str:
 
 
 def _write_csv(path, fields, rows) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({k: _defuse(v) for k, v in row.items()} for row in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _defuse(v) for k, v in row.items()} for row in rows)
     return len(rows)
 
 
