@@ -10,13 +10,12 @@ import math
 import os
 
 import pytest
+import schemathesis  # the dev extra pins it: a missing or broken install must fail, not skip
 from hypothesis import HealthCheck, given, settings
+from schemathesis.generation import GenerationMode
 
 from server.process import ServerProcess
 from tests.server_helpers import make_experiment
-
-schemathesis = pytest.importorskip("schemathesis")
-from schemathesis.generation import GenerationMode  # noqa: E402
 
 # The GET operations take no input (a handful of cases in all): the POST operations x 2 modes carry the count.
 MIN_CASES = int(os.environ.get("MUSICPROD_FUZZ_CASES", "500"))
