@@ -67,7 +67,7 @@ def test_cli_takes_overrides_before_or_after_options(monkeypatch, argv):
     from harness import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "cmd_eval", lambda ns: seen.update(vars(ns)) or 0)
+    monkeypatch.setattr(cli.eval, "run", lambda ns: seen.update(vars(ns)) or 0)
     assert cli.main(argv) == 0
     assert seen["experiment"] == "exp" and seen["only"] == "base" and seen["overrides"] == ["eval.batch_size=64"]
 
@@ -75,7 +75,7 @@ def test_cli_takes_overrides_before_or_after_options(monkeypatch, argv):
 def test_cli_still_rejects_unknown_options(monkeypatch, capsys):
     from harness import cli
 
-    monkeypatch.setattr(cli, "cmd_eval", lambda ns: 0)
+    monkeypatch.setattr(cli.eval, "run", lambda ns: 0)
     with pytest.raises(SystemExit):
         cli.main(["eval", "exp", "--only", "base", "--bogus"])
     assert "--bogus" in capsys.readouterr().err
