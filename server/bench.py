@@ -1,9 +1,9 @@
-"""`musicprod bench serve`: latency and throughput of the real server over HTTP (prints figures).
+"""`musicprod bench serve`: latency and throughput of the real server over HTTP, both backends on the same model.
 
-For each batching mode (on: up to --max-batch rows per batch; off: --max-batch 1) a fresh `musicprod serve`
-subprocess is started and driven by closed-loop clients at each concurrency level: every request asks for
-exactly --new-tokens tokens (ignore_eos), so tokens/s compare like for like. llama.cpp (llama-cpp-python, the
-same GGUF the base model was prepared from, no adapter) gives a reference figure when it is installed.
+For each backend (torch: base + adapter, the champion's dtype; llamacpp: the GGUF `musicprod export` wrote for the
+same model) and each batching mode (on: up to --max-batch rows per batch; off: --max-batch 1) a fresh
+`musicprod serve` subprocess is started and driven by closed-loop clients at each concurrency level: every
+request asks for exactly --new-tokens tokens (ignore_eos), so tokens/s compare like for like.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ QUESTIONS = [
     "How do I make a punchy kick drum?",
     "What is parallel compression?",
 ]
+TARGET_P50_S = 2.0  # issue 19: p50 <= 2 s for 64 new tokens at c=1
+TARGET_SCALING = 4.0  # issue 19: torch throughput at c=8 >= 4x c=1
 
 
 def parse(args: list[str]) -> argparse.Namespace:
@@ -38,14 +40,21 @@ def parse(args: list[str]) -> argparse.Namespace:
         default=None,
         help="serve this adapter (default: the default experiment's champion, else runs/default/hf-lora/adapter)",
     )
-    what.add_argument("--base", action="store_true", help="serve the plain base model")
+    what.add_argument("--base", action="store_true", help="serve the plain base model (llamacpp needs --gguf)")
+    p.add_argument(
+        "--backends",
+        default="torch,llamacpp",
+        help="torch, llamacpp or both; llamacpp is skipped (with the reason) when llama-cpp-python or "
+        "the GGUF export is missing",
+    )
+    p.add_argument("--gguf", default=None, help="GGUF for the llamacpp backend (default: the model's export)")
     p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="requests per client at each level (>= 4 requests in all)")
     p.add_argument("--modes", default="on,off", help="batching modes to measure: on, off or both")
     p.add_argument("--max-batch", type=int, default=16)
-    p.add_argument("--torch-threads", type=int, default=0)
-    p.add_argument("--no-llamacpp", action="store_true")
+    p.add_argument("--torch-threads", type=int, default=0, help="CPU threads of either backend (0 = its default)")
+    p.add_argument("--runs-dir", default="runs")
     return p.parse_args(args)
 
 
@@ -56,12 +65,12 @@ def _target_args(ns) -> list[str]:
         return ["--adapter", ns.adapter]
     if ns.base:
         return ["--base"]
-    if ns.experiment or Path("runs/default/champion.json").exists():
+    if ns.experiment or (Path(ns.runs_dir) / "default" / "champion.json").exists():
         return ["--experiment", ns.experiment or "default"]
-    return ["--adapter", "runs/default/hf-lora/adapter"]
+    return ["--adapter", f"{ns.runs_dir}/default/hf-lora/adapter"]
 
 
-def _one(url: str, i: int, new_tokens: int) -> tuple[float, int, int]:
+def _one(url: str, i: int, new_tokens: int, headers: dict) -> tuple[float, int, int]:
     body = {
         "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
         "max_new_tokens": new_tokens,
@@ -70,18 +79,19 @@ def _one(url: str, i: int, new_tokens: int) -> tuple[float, int, int]:
         "seed": i,
     }
     t0 = time.perf_counter()
-    r = requests.post(f"{url}/generate", json=body, timeout=600)
-    return time.perf_counter() - t0, r.status_code, r.json().get("usage", {}).get("completion_tokens", 0)
+    r = requests.post(f"{url}/generate", json=body, headers=headers, timeout=900)
+    latency = time.perf_counter() - t0
+    return latency, r.status_code, (r.json().get("usage", {}).get("completion_tokens", 0) if r.ok else 0)
 
 
-def _percentile(values: list[float], q: float) -> float:
+def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def measure_level(url: str, concurrency: int, n_requests: int, new_tokens: int) -> dict:
+def measure_level(url: str, concurrency: int, n_requests: int, new_tokens: int, headers: dict | None = None) -> dict:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda i: _one(url, i, new_tokens), range(n_requests)))
+        results = list(pool.map(lambda i: _one(url, i, new_tokens, headers or {}), range(n_requests)))
     wall = time.perf_counter() - t0
     latencies = [r[0] for r in results]
     return {
@@ -94,82 +104,117 @@ def measure_level(url: str, concurrency: int, n_requests: int, new_tokens: int) 
     }
 
 
-def bench_llamacpp(new_tokens: int, threads: int, n: int = 4) -> dict | None:
-    try:
-        from llama_cpp import Llama
-
-        from harness.registry import get_base_model
-    except ImportError:
+def _skip_reason(backend: str, ns) -> str | None:
+    if backend != "llamacpp":
         return None
-    gguf = get_base_model("smollm2-135m-instruct").gguf_path()
-    llm = Llama(model_path=gguf, n_ctx=512, n_threads=threads or None, verbose=False)
-    no_eos = {llm.token_eos(): -1e9, llm.tokenize(b"<|im_end|>", add_bos=False, special=True)[0]: -1e9}
-    latencies, tokens = [], 0
-    for i in range(n + 1):
-        prompt = f"<|im_start|>user\n{QUESTIONS[i % len(QUESTIONS)]}<|im_end|>\n<|im_start|>assistant\n"
-        t0 = time.perf_counter()
-        out = llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.7, seed=i, logit_bias=no_eos)
-        if i:  # the first call warms up
-            latencies.append(time.perf_counter() - t0)
-            tokens += out["usage"]["completion_tokens"]
-    return {"p50_s": statistics.median(latencies), "tokens_per_s": tokens / sum(latencies), "n": n}
+    from server.llamacpp import available
+
+    if not available():
+        return "llama-cpp-python is not installed (pip install -e '.[llamacpp]')"
+    return None
 
 
 def main(args: list[str]) -> int:
     ns = parse(args)
     levels = [int(c) for c in ns.concurrency.split(",")]
     modes = [m.strip() for m in ns.modes.split(",")]
+    backends = [b.strip() for b in ns.backends.split(",")]
     threads = ["--torch-threads", str(ns.torch_threads)] if ns.torch_threads else []
-    llama = None if ns.no_llamacpp else bench_llamacpp(ns.new_tokens, ns.torch_threads)
-    rows, load_info = [], None
-    for mode in modes:
-        batch = ns.max_batch if mode == "on" else 1
-        server_args = [
-            *_target_args(ns),
-            *threads,
-            "--max-batch",
-            str(batch),
-            "--queue-size",
-            "256",
-            "--max-new-tokens-cap",
-            str(max(ns.new_tokens, 256)),
-            "--timeout-s",
-            "600",
-        ]
-        with ServerProcess(server_args, log_path=f"/tmp/musicprod-bench-serve-{mode}.log") as srv:
-            load_info = srv.load_info
-            measure_level(srv.url, 1, 1, 8)  # warm-up
-            for c in levels:
-                n = max(4, c * ns.rounds)
-                row = measure_level(srv.url, c, n, ns.new_tokens)
-                row["mode"] = mode
-                rows.append(row)
-                print(
-                    f"  batching {mode:3s} c={c:<3d} n={n:<3d} p50 {row['p50_s']:.2f} s  p95 {row['p95_s']:.2f} s  "
-                    f"{row['tokens_per_s']:.1f} tok/s  errors {row['errors']}",
-                    flush=True,
-                )
-    print(
-        f"\nbench serve: {load_info['model_id']} ({load_info['source']}), dtype {load_info['dtype']}, "
-        f"LoRA {load_info['merge']}, start-up speed check tok/s {load_info.get('speed_tokens_per_s')}, "
-        f"{ns.new_tokens} new tokens per request (ignore_eos), closed-loop clients over HTTP"
-    )
-    print(f"{'batching':9s} {'c':>3s} {'n':>4s} {'p50 s':>7s} {'p95 s':>7s} {'tok/s':>8s} {'x c=1':>6s} {'errors':>6s}")
-    for mode in modes:
-        base = next((r["tokens_per_s"] for r in rows if r["mode"] == mode and r["c"] == 1), None)
-        for r in (r for r in rows if r["mode"] == mode):
-            ratio = f"{r['tokens_per_s'] / base:.2f}" if base else "-"
-            print(
-                f"{mode:9s} {r['c']:3d} {r['n']:4d} {r['p50_s']:7.2f} {r['p95_s']:7.2f} {r['tokens_per_s']:8.1f} "
-                f"{ratio:>6s} {r['errors']:6d}"
-            )
-    if llama:
-        ours = next((r for r in rows if r["c"] == 1), None)
-        ratio = f"{ours['tokens_per_s'] / llama['tokens_per_s']:.2f}" if ours else "-"
-        print(
-            f"llama.cpp (llama-cpp-python, same GGUF, no adapter, in-process, c=1): p50 {llama['p50_s']:.2f} s, "
-            f"{llama['tokens_per_s']:.1f} tok/s; this server at c=1 / llama.cpp = {ratio}"
+    rows, infos, skipped = [], {}, {}
+    for backend in backends:
+        reason = _skip_reason(backend, ns)
+        if reason:
+            skipped[backend] = reason
+            print(f"  {backend}: skipped: {reason}", flush=True)
+            continue
+        for mode in modes:
+            batch = ns.max_batch if mode == "on" else 1
+            server_args = [
+                *_target_args(ns),
+                "--runs-dir",
+                ns.runs_dir,
+                *threads,
+                "--backend",
+                backend,
+                *(["--gguf", ns.gguf] if ns.gguf and backend == "llamacpp" else []),
+                "--max-batch",
+                str(batch),
+                "--queue-size",
+                "256",
+                "--max-new-tokens-cap",
+                str(max(ns.new_tokens, 256)),
+                "--timeout-s",
+                "900",
+            ]
+            log = f"/tmp/musicprod-bench-serve-{backend}-{mode}.log"
+            try:
+                srv = ServerProcess(server_args, log_path=log)
+            except (RuntimeError, TimeoutError) as e:
+                skipped[backend] = f"server did not start: {e}"
+                print(f"  {backend}: skipped: {e} (log {log})", flush=True)
+                break
+            with srv:
+                infos[backend] = srv.load_info
+                headers = getattr(srv, "auth", {})
+                measure_level(srv.url, 1, 1, 8, headers)  # warm-up
+                for c in levels:
+                    n = max(4, c * ns.rounds)
+                    row = {**measure_level(srv.url, c, n, ns.new_tokens, headers), "mode": mode, "backend": backend}
+                    rows.append(row)
+                    print(
+                        f"  {backend:8s} batching {mode:3s} c={c:<3d} n={n:<3d} p50 {row['p50_s']:.2f} s  "
+                        f"p95 {row['p95_s']:.2f} s  {row['tokens_per_s']:.1f} tok/s  errors {row['errors']}",
+                        flush=True,
+                    )
+    print_report(ns, rows, infos, skipped)
+    return 0 if rows and not any(r["errors"] for r in rows) else 1
+
+
+def _describe(backend: str, info: dict) -> str:
+    if backend == "llamacpp":
+        return (
+            f"{info['model_id']} GGUF {info.get('gguf')} ({info.get('gguf_bytes', 0) / 2**20:.0f} MiB), "
+            f"llama-cpp-python {info.get('llama_cpp_python')}, {info.get('n_threads')} threads"
         )
-    else:
-        print("llama.cpp: not measured (llama-cpp-python not installed or --no-llamacpp)")
-    return 0 if not any(r["errors"] for r in rows) else 1
+    return (
+        f"{info['model_id']} ({info['source']}), dtype {info['dtype']}, LoRA {info['merge']}, "
+        f"start-up speed check tok/s {info.get('speed_tokens_per_s')}"
+    )
+
+
+def print_report(ns, rows: list[dict], infos: dict, skipped: dict) -> None:
+    print(f"\nbench serve: {ns.new_tokens} new tokens per request (ignore_eos), closed-loop clients over HTTP")
+    for backend, info in infos.items():
+        print(f"  {backend}: {_describe(backend, info)}")
+    for backend, reason in skipped.items():
+        print(f"  {backend}: not measured: {reason}")
+    print(
+        f"{'backend':9s} {'batching':9s} {'c':>3s} {'n':>4s} {'p50 s':>7s} {'p95 s':>7s} {'tok/s':>8s} {'x c=1':>6s} "
+        f"{'errors':>6s}"
+    )
+    for backend in infos:
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["backend"] == backend):
+            mine = [r for r in rows if r["backend"] == backend and r["mode"] == mode]
+            base = next((r["tokens_per_s"] for r in mine if r["c"] == 1), None)
+            for r in mine:
+                ratio = f"{r['tokens_per_s'] / base:.2f}" if base else "-"
+                print(
+                    f"{backend:9s} {mode:9s} {r['c']:3d} {r['n']:4d} {r['p50_s']:7.2f} {r['p95_s']:7.2f} "
+                    f"{r['tokens_per_s']:8.1f} {ratio:>6s} {r['errors']:6d}"
+                )
+    print("\ntargets (issue 19):")
+    for backend in infos:
+        on = [r for r in rows if r["backend"] == backend and r["mode"] == ns.modes.split(",")[0].strip()]
+        c1 = next((r for r in on if r["c"] == 1), None)
+        c8 = next((r for r in on if r["c"] == 8), None)
+        if c1:
+            verdict = "met" if c1["p50_s"] <= TARGET_P50_S else "NOT met"
+            print(f"  {backend}: p50 at c=1 {c1['p50_s']:.2f} s (target <= {TARGET_P50_S:g} s: {verdict})")
+        if c1 and c8:
+            scale = c8["tokens_per_s"] / c1["tokens_per_s"]
+            goal = (
+                f" (target >= {TARGET_SCALING:g}x: {'met' if scale >= TARGET_SCALING else 'NOT met'})"
+                if backend == "torch"
+                else ""
+            )
+            print(f"  {backend}: throughput c=8 / c=1 = {scale:.2f}x{goal}")

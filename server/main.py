@@ -12,6 +12,8 @@ from server.engine import Engine
 from server.loading import ServeError, from_adapter, from_base, from_champion, load_model, make_roots
 from server.security import allowed_hosts, is_loopback
 
+log = logging.getLogger("musicprod.server")
+
 # Threads beyond queue + batch: probes, /metrics and the instant 429s must never wait behind generation.
 SPARE_THREADS = 8
 # waitress stops accepting at its connection limit (default 100): that many idle or slow clients would lock
@@ -94,6 +96,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="torch CPU threads (0 = torch's default, one per core); 1 is steadier on a busy machine",
     )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["auto", "torch", "llamacpp"],
+        help="torch: base + adapter in transformers (the evaluated weights); llamacpp: the GGUF that "
+        "`musicprod export --format gguf` wrote (needs the llamacpp extra); auto: llamacpp when "
+        "both are there, else torch",
+    )
+    p.add_argument("--gguf", default=None, help="GGUF file for the llamacpp backend (default: the target's export)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -153,6 +164,28 @@ def _connection_limit() -> int:
     return max(100, min(CONNECTION_LIMIT, soft - FD_RESERVE))
 
 
+def _backend(ns, target):
+    """(engine, load function) for --backend; llama.cpp is imported only when it is chosen."""
+    from server import llamacpp
+
+    backend, why = llamacpp.choose_backend(ns.backend, target, ns.gguf)
+    engine_args = dict(
+        max_queue=ns.queue_size,
+        max_batch=ns.max_batch,
+        batch_window_ms=ns.batch_window_ms,
+        max_batch_tokens=ns.max_batch_tokens,
+    )
+    log.info("backend %s (%s)", backend, why)  # stdout's first line is the "listening on" line
+    if backend == "llamacpp":
+        gguf = llamacpp.resolve_gguf(target, ns.gguf, make_roots(ns.runs_dir, ns.model_dir, ns.cache_dir))
+        return (
+            llamacpp.LlamaCppEngine(**engine_args),
+            lambda: llamacpp.load_gguf(target, gguf, ns.max_batch, n_threads=ns.torch_threads),
+        )
+    dtype, merge = served_as_measured(target, ns.dtype, ns.merge)
+    return Engine(**engine_args), lambda: load_model(target, dtype, merge)
+
+
 def serve(ns) -> int:
     from waitress.server import create_server
 
@@ -170,12 +203,11 @@ def serve(ns) -> int:
         import torch
 
         torch.set_num_threads(ns.torch_threads)
-    engine = Engine(
-        max_queue=ns.queue_size,
-        max_batch=ns.max_batch,
-        batch_window_ms=ns.batch_window_ms,
-        max_batch_tokens=ns.max_batch_tokens,
-    )
+    try:
+        engine, load = _backend(ns, target)
+    except ServeError as e:
+        print(f"musicprod serve: error: {e}", file=sys.stderr)
+        return 2
     # The champion is served as it was measured: its evaluated decoding is every request's default.
     sampling, max_new = sampling_from_decoding((target.champion or {}).get("decoding"))
     settings = ServeSettings.from_env(
@@ -209,8 +241,7 @@ def serve(ns) -> int:
         f"default decoding {settings.default_sampling}, max {settings.default_max_new_tokens} tokens",
         flush=True,
     )
-    dtype, merge = served_as_measured(target, ns.dtype, ns.merge)
-    engine.load_in_background(lambda: load_model(target, dtype, merge))
+    engine.load_in_background(load)
     try:
         srv.run()
     except KeyboardInterrupt:
