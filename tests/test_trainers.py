@@ -176,6 +176,15 @@ def test_compiled_training_matches_eager(tmp_path, tiny_model_dir, tiny_dataset)
     assert curves[True] == pytest.approx(curves[False], rel=1e-4)
 
 
+def test_compiled_qlora_validates_after_training(tmp_path, tiny_model_dir, tiny_dataset):
+    """The CPU default (compiled layers) on a 4-bit base: validation after training must not fail (it did, after a
+    whole epoch, until validation ran eager)."""
+    record = run(tmp_path, "hf-qlora", tiny_model_dir, tiny_dataset, "train.compile=true", "train.max_steps=2")
+    assert record["status"] == "ok", record.get("traceback")
+    assert record["effective_settings"]["torch_compile"] is True
+    assert math.isfinite(record["validation_loss"])
+
+
 def test_hf_full_trains_every_weight_and_saves_a_whole_model(tmp_path, tiny_model_dir, tiny_dataset):
     record = run(tmp_path, "hf-full", tiny_model_dir, tiny_dataset, "train.full_learning_rate=1e-4")
     assert record["status"] == "ok", record.get("traceback")

@@ -196,6 +196,15 @@ def apply_runtime(model, runtime: dict):
     return model
 
 
+def uncompile(model) -> None:
+    """Back to eager for the validation pass. Under no_grad, bitsandbytes' CPU 4-bit layers take another path than
+    the compiled training graph was traced for, and the compiled layer fails a size assert (a whole hf-qlora epoch
+    was lost to it at validation); the pass is small, so eager costs little."""
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:  # set by nn.Module.compile()
+            module._compiled_call_impl = None
+
+
 def runtime_settings(model, runtime: dict) -> dict:
     """The speed settings as the live model carries them (adapter dtype read from its trainable weights)."""
     trainable = next((p for p in model.parameters() if p.requires_grad), None)
@@ -399,6 +408,7 @@ def run_training(
     save_adapter(trainer, adapter_dir, tokenizer)
     validation_loss = None
     if eval_dataset is not None and len(eval_dataset):
+        uncompile(trainer.model)
         validation_loss = float(trainer.evaluate(eval_dataset)["eval_loss"])
         callback.memory.mark("after_validation")
     ranks = gather_across_ranks(trainer, {"rank": trainer.args.process_index, **local_peak_memory(cuda)})
