@@ -46,7 +46,9 @@ def exported_gguf(target: ServeTarget, gguf_type: str | None = None) -> Path | N
     else:
         return None
     folder = export_dir(exp_dir, system) / "gguf"
-    for kind in (gguf_type or SERVE_GGUF_TYPE, "f16"):
+    # f16 first: the real SmolLM2 champion's q8_0 file crashes llama_decode in the batched context (2026-12-07,
+    # docs/serving.md), while f16 serves; q8_0 stays what Ollama gets.
+    for kind in (gguf_type or "f16", SERVE_GGUF_TYPE):
         path = folder / gguf_name(f"{experiment}-{system}", kind)
         if path.is_file():
             return path

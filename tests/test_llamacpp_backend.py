@@ -207,7 +207,7 @@ def test_backend_choice_and_errors(exported, monkeypatch):
 
     root, exp, base_dir = exported
     target = _target(root, exp, base_dir)
-    assert lc.exported_gguf(target).name == "fake-hf-lora-q8_0.gguf"
+    assert lc.exported_gguf(target).name == "fake-hf-lora-f16.gguf"
     assert lc.choose_backend("torch", target, None)[0] == "torch"
     monkeypatch.setattr(lc, "available", lambda: False)
     assert lc.choose_backend("auto", target, None) == ("torch", "auto: llama-cpp-python is not installed")
