@@ -11,11 +11,11 @@ from harness.layout import resolve_experiment
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate the base model and every adapter of an experiment (lm-eval)")
     p.add_argument("experiment", nargs="?", default="default", help="name under runs/ or a path (default: default)")
-    p.add_argument("overrides", nargs="*", help="key=value, p.g. eval.limit=20 eval.batch_size=8")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. eval.limit=20 eval.batch_size=8")
     p.add_argument(
         "--only",
         default=None,
-        help="comma-separated targets to (re)evaluate, p.g. base,hf-lora,lookup; "
+        help="comma-separated targets to (re)evaluate, e.g. base,hf-lora,lookup; "
         "SYSTEM@STEP evaluates a saved checkpoint (train.save_steps)",
     )
     p.add_argument(
