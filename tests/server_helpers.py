@@ -97,3 +97,18 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.1):
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def serve_args(root, tiny_model_dir, *extra) -> list[str]:
+    """`musicprod serve` options for the fake experiment under root (make_experiment), one torch thread."""
+    return [
+        "--runs-dir",
+        str(root / "runs"),
+        "--experiment",
+        "fake",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--torch-threads",
+        "1",
+        *extra,
+    ]

@@ -21,7 +21,7 @@ from server.engine import Engine
 from server.loading import LoadedModel, ServeTarget, from_champion, load_model, make_roots
 from server.process import ServerProcess
 from server.security import allowed_hosts
-from tests.server_helpers import long_context_copy, make_experiment, metric, send_request, wait_until
+from tests.server_helpers import long_context_copy, make_experiment, metric, send_request, serve_args, wait_until
 
 CAP = 128
 CACHE = "~/.cache/musicprod/models"
@@ -45,28 +45,14 @@ def long_root(tmp_path_factory, tiny_model_dir):
     return root
 
 
-def _serve_args(root, tiny_model_dir, *extra):
-    return [
-        "--runs-dir",
-        str(root / "runs"),
-        "--experiment",
-        "fake",
-        "--model-dir",
-        str(tiny_model_dir),
-        "--torch-threads",
-        "1",
-        *extra,
-    ]
-
-
 def _long_args(long_root, *extra):
-    return _serve_args(long_root, long_root / "tiny-long", *FAST, "--max-new-tokens-cap", str(LONG_TOKENS), *extra)
+    return serve_args(long_root, long_root / "tiny-long", *FAST, "--max-new-tokens-cap", str(LONG_TOKENS), *extra)
 
 
 @pytest.fixture(scope="module")
 def server(fake_root, tiny_model_dir):
     with ServerProcess(
-        _serve_args(fake_root, tiny_model_dir, "--max-new-tokens-cap", str(CAP), "--max-body-bytes", "65536"),
+        serve_args(fake_root, tiny_model_dir, "--max-new-tokens-cap", str(CAP), "--max-body-bytes", "65536"),
         ready_timeout_s=READY_S,
         log_path=fake_root / "server.log",
     ) as srv:
@@ -322,7 +308,7 @@ def test_non_local_bind_without_key_is_refused(fake_root, tiny_model_dir):
             "0.0.0.0",
             "--port",
             "0",
-            *_serve_args(fake_root, tiny_model_dir),
+            *serve_args(fake_root, tiny_model_dir),
         ],
         env=env,
         capture_output=True,

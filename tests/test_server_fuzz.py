@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
 from server.process import ServerProcess
-from tests.server_helpers import make_experiment
+from tests.server_helpers import make_experiment, serve_args
 
 # The GET operations take no input (a handful of cases in all): the POST operations x 2 modes carry the count.
 MIN_CASES = int(os.environ.get("MUSICPROD_FUZZ_CASES", "1000"))
@@ -26,15 +26,9 @@ EXAMPLES_PER_MODE = math.ceil(MIN_CASES / 4)
 def fuzz_server(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("fuzz")
     make_experiment(root, tiny_model_dir)
-    args = [
-        "--runs-dir",
-        str(root / "runs"),
-        "--experiment",
-        "fake",
-        "--model-dir",
-        str(tiny_model_dir),
-        "--torch-threads",
-        "1",
+    args = serve_args(
+        root,
+        tiny_model_dir,
         "--max-new-tokens-cap",
         "4",
         "--max-body-bytes",
@@ -43,7 +37,7 @@ def fuzz_server(tmp_path_factory, tiny_model_dir):
         "yes",
         "--dtype",
         "float32",
-    ]
+    )
     with ServerProcess(args, ready_timeout_s=1200, log_path=root / "server.log") as srv:  # a busy machine: minutes
         yield srv
 

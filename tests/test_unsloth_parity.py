@@ -38,27 +38,28 @@ PARITY_KEYS = [
 ]
 
 
+def overrides(tmp_path, dataset, *extra) -> list[str]:
+    """The small experiment every parity check trains (one step, LoRA on three module kinds)."""
+    return [
+        f"runs_dir={tmp_path / 'runs'}",
+        "name=p",
+        f"data.train_path={dataset}",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "train.max_length=256",
+        "lora.r=8",
+        "lora.alpha=16",
+        "lora.dropout=0.05",
+        "lora.target_modules=[q_proj,v_proj,down_proj]",
+        "data.validation_fraction=0",
+        "data.max_train_items=4",
+        *extra,
+    ]
+
+
 def config(tmp_path, dataset, *extra):
-    return load_config(
-        None,
-        [
-            f"runs_dir={tmp_path / 'runs'}",
-            "name=p",
-            f"data.train_path={dataset}",
-            "train.max_steps=1",
-            "train.batch_size=2",
-            "train.grad_accum=2",
-            "train.learning_rate=3e-4",
-            "train.max_length=256",
-            "lora.r=8",
-            "lora.alpha=16",
-            "lora.dropout=0.05",
-            "lora.target_modules=[q_proj,v_proj,down_proj]",
-            "data.validation_fraction=0",
-            "data.max_train_items=4",
-            *extra,
-        ],
-    )
+    return load_config(None, overrides(tmp_path, dataset, "train.learning_rate=3e-4", *extra))
 
 
 def hf_settings(cfg, system_name, model_dir, out_dir) -> dict:
@@ -208,21 +209,7 @@ print("RESULT " + json.dumps({"calls": CALLS, "figures": {k: figures[k] for k in
 
 @pytest.mark.parametrize("system", ["unsloth-lora", "unsloth-qlora"])
 def test_unsloth_train_passes_the_hf_systems_settings(tmp_path, tiny_model_dir, tiny_dataset, system):
-    cfg_args = [
-        f"runs_dir={tmp_path / 'runs'}",
-        "name=p",
-        f"data.train_path={tiny_dataset}",
-        "train.max_steps=1",
-        "train.batch_size=2",
-        "train.grad_accum=2",
-        "train.max_length=256",
-        "lora.r=8",
-        "lora.alpha=16",
-        "lora.dropout=0.05",
-        "lora.target_modules=[q_proj,v_proj,down_proj]",
-        "data.validation_fraction=0",
-        "data.max_train_items=4",
-    ]
+    cfg_args = overrides(tmp_path, tiny_dataset)
     script = tmp_path / "standin.py"
     script.write_text(STANDIN)
     spec = {"overrides": cfg_args, "system": system, "model": str(tiny_model_dir), "out": str(tmp_path / system)}
