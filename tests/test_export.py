@@ -227,6 +227,21 @@ def test_clear_errors(tmp_path, tiny_model_dir):
         os.chdir(cwd)
 
 
+def test_gguf_without_the_export_extra_names_it(tmp_path, tiny_model_dir, monkeypatch):
+    """sentencepiece lives in the `export` extra: without it the GGUF export stops before any work, naming the
+    extra, instead of failing inside llama.cpp's converter half-way."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real_find_spec(name, *a)
+    )
+    exp = make_export_experiment(tmp_path, tiny_model_dir)
+    with pytest.raises(ExportError, match=r"`export` extra .*pip install .*\[export\]"):
+        run_export(exp, formats="gguf", log=quiet)
+    assert not (exp / "export" / "hf-lora" / "gguf").exists()
+
+
 def test_failed_conversion_leaves_no_partial_gguf(tmp_path, tiny_model_dir):
     """A converter that dies half-way: an error with its output, no gguf/ folder, no temp folders."""
     exp = make_export_experiment(tmp_path, tiny_model_dir)

