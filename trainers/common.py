@@ -212,13 +212,18 @@ def runtime_settings(model, runtime: dict) -> dict:
 
 
 class MemoryTimeline:
-    """RSS (and its high-water mark) at the phases of a run: where a training process's memory goes."""
+    """RSS (and its high-water mark) at the phases of a run and at every logging step: where a training process's
+    memory goes, and whether it keeps growing after the largest batch has been seen."""
 
     def __init__(self):
         self.phases: dict[str, dict] = {}
+        self.by_step: list[dict] = []
 
     def mark(self, phase: str) -> None:
         self.phases[phase] = {"rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+    def mark_step(self, step: int) -> None:
+        self.by_step.append({"step": step, "rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)})
 
 
 class MeasuringCallback(TrainerCallback):
@@ -247,6 +252,8 @@ class MeasuringCallback(TrainerCallback):
         self.tokens_at_step.append(state.num_input_tokens_seen)
         if state.global_step in (1, 3):  # after the first step (compile, allocator warm-up) and once warm
             self.memory.mark(f"after_step_{state.global_step}")
+        if args.logging_steps and state.global_step % args.logging_steps == 0:
+            self.memory.mark_step(state.global_step)
 
 
 def loss_curve(state) -> list[dict]:
@@ -436,6 +443,7 @@ def run_training(
         else None,
         "per_rank": ranks,
         "memory_timeline": callback.memory.phases,
+        "rss_by_step": callback.memory.by_step,
     }
     if checkpoint:
         figures["resumed_from"] = checkpoint
