@@ -85,3 +85,28 @@ def test_there_is_no_import_circle():
         if node not in state:
             visit(node)
     assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+HARNESS_PACKAGES = ("cli", "bench", "data", "eval", "judge", "ratings")
+
+
+def unit(module: str) -> str:
+    """The box a module is drawn in: a top-level stage, a harness sub-package, the main job, or harness's core."""
+    parts = module.split(".")
+    if parts[0] != "harness":
+        return parts[0]
+    if len(parts) > 1 and parts[1] in HARNESS_PACKAGES:
+        return f"harness_{parts[1]}"
+    return "harness_pipeline" if module == "harness.pipeline" else "harness_core"
+
+
+def test_the_drawn_import_graph_is_the_real_one():
+    """docs/architecture.md draws the imports between boxes (mermaid); the drawing must match the code."""
+    import re
+
+    real = {(unit(a), unit(b)) for a, deps in graph().items() for b in deps if unit(a) != unit(b)}
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    drawn = set(re.findall(r"^\s*(\w+) --> (\w+)\s*$", text, flags=re.M))
+    assert drawn == real, (
+        f"missing from the drawing: {sorted(real - drawn)}; drawn but not imported: {sorted(drawn - real)}"
+    )
