@@ -12,6 +12,7 @@ Needs the optional extra: pip install -e '.[llamacpp]' (compiles llama.cpp).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -46,9 +47,7 @@ def exported_gguf(target: ServeTarget, gguf_type: str | None = None) -> Path | N
     else:
         return None
     folder = export_dir(exp_dir, system) / "gguf"
-    # f16 first: the real SmolLM2 champion's q8_0 file crashes llama_decode in the batched context (2026-12-07,
-    # docs/serving.md), while f16 serves; q8_0 stays what Ollama gets.
-    for kind in (gguf_type or "f16", SERVE_GGUF_TYPE):
+    for kind in (gguf_type or SERVE_GGUF_TYPE, "f16"):
         path = folder / gguf_name(f"{experiment}-{system}", kind)
         if path.is_file():
             return path
@@ -236,14 +235,46 @@ class LlamaCppEngine(Engine):
 
 
 # ---- loading -------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def model_params(use_extra_bufts: bool):
+    """llama_cpp.Llama builds its model parameters from llama_model_default_params() and exposes no
+    `use_extra_bufts` argument; this sets it for the models loaded inside the block.
+
+    Why it is off by default: with llama.cpp's extra CPU buffer types (AMX tiles, repacked weights), every q8_0
+    GGUF segfaulted in llama_decode on our 2-core machines (AVX512 + AMX_INT8 in a VM), through llama_cpp.Llama as
+    much as through the batched context, and a q8_0 made by llama.cpp's own quantizer did too; without them q8_0
+    serves, and no slower than f16 there (2026-12-07, docs/serving.md)."""
+    import llama_cpp.llama as high_level
+
+    lib = high_level.llama_cpp
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
+
+
 def load_gguf(
-    target: ServeTarget, gguf: Path, max_batch: int, n_threads: int = 0, context_length: int = DEFAULT_CONTEXT
+    target: ServeTarget,
+    gguf: Path,
+    max_batch: int,
+    n_threads: int = 0,
+    context_length: int = DEFAULT_CONTEXT,
+    extra_buffer_types: bool = False,
 ) -> LoadedModel:
     import llama_cpp
 
     t0 = time.perf_counter()
     threads = n_threads or os.cpu_count() or 1
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=64, n_batch=64, n_threads=threads, verbose=False)
+    with model_params(use_extra_bufts=extra_buffer_types):
+        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=64, n_batch=64, n_threads=threads, verbose=False)
     n_ctx_seq = min(context_length, llama_cpp.llama_model_n_ctx_train(llm.model))
     runner = BatchedContext(llm, max(1, max_batch), n_ctx_seq, threads)
     runner.owner = llm  # keep the model alive as long as the context
@@ -265,6 +296,7 @@ def load_gguf(
         "source": target.source,
         "llama_cpp_python": llama_cpp.__version__,
         "n_threads": threads,
+        "extra_buffer_types": extra_buffer_types,
         "n_seq_max": runner.n_seq,
         "context_length": n_ctx_seq,
         "eog_token_ids": eog,

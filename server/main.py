@@ -105,6 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "both are there, else torch",
     )
     p.add_argument("--gguf", default=None, help="GGUF file for the llamacpp backend (default: the target's export)")
+    p.add_argument(
+        "--llamacpp-extra-buffers",
+        action="store_true",
+        help="let llama.cpp use its extra CPU buffer types (AMX, repacked weights); off by default: with them "
+        "q8_0 GGUFs crashed llama_decode on AMX CPUs in our VMs (docs/serving.md)",
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -180,7 +186,9 @@ def _backend(ns, target):
         gguf = llamacpp.resolve_gguf(target, ns.gguf, make_roots(ns.runs_dir, ns.model_dir, ns.cache_dir))
         return (
             llamacpp.LlamaCppEngine(**engine_args),
-            lambda: llamacpp.load_gguf(target, gguf, ns.max_batch, n_threads=ns.torch_threads),
+            lambda: llamacpp.load_gguf(
+                target, gguf, ns.max_batch, n_threads=ns.torch_threads, extra_buffer_types=ns.llamacpp_extra_buffers
+            ),
         )
     dtype, merge = served_as_measured(target, ns.dtype, ns.merge)
     return Engine(**engine_args), lambda: load_model(target, dtype, merge)

@@ -207,7 +207,7 @@ def test_backend_choice_and_errors(exported, monkeypatch):
 
     root, exp, base_dir = exported
     target = _target(root, exp, base_dir)
-    assert lc.exported_gguf(target).name == "fake-hf-lora-f16.gguf"
+    assert lc.exported_gguf(target).name == "fake-hf-lora-q8_0.gguf"  # half the bytes; f16 when no q8_0 exists
     assert lc.choose_backend("torch", target, None)[0] == "torch"
     monkeypatch.setattr(lc, "available", lambda: False)
     assert lc.choose_backend("auto", target, None) == ("torch", "auto: llama-cpp-python is not installed")
@@ -229,3 +229,33 @@ def test_backend_choice_and_errors(exported, monkeypatch):
             lc.resolve_gguf(target, None, roots)
     finally:
         moved.with_name("gguf-away").rename(moved)
+
+
+@needs_llama
+def test_q8_0_serves_with_extra_buffer_types_off(exported):
+    """The q8_0 export is what the backend picks; it loads with llama.cpp's extra CPU buffer types off (with them
+    every q8_0 crashed llama_decode on our AMX CPUs), and the switch is scoped to the load."""
+    import llama_cpp
+
+    from server.engine import SamplingParams
+    from server.llamacpp import LlamaCppEngine, load_gguf, model_params
+
+    lib = llama_cpp.llama_cpp  # the bindings module llama_cpp.Llama builds its model parameters from
+    default = lib.llama_model_default_params().use_extra_bufts
+    with model_params(use_extra_bufts=not default):
+        assert lib.llama_model_default_params().use_extra_bufts is (not default)
+    assert lib.llama_model_default_params().use_extra_bufts is default
+
+    root, exp, base_dir = exported
+    target = _target(root, exp, base_dir)
+    gguf = exp / "export" / "hf-lora" / "gguf" / "fake-hf-lora-q8_0.gguf"
+    engine = LlamaCppEngine(max_batch=2, batch_window_ms=50)
+    engine.load(lambda: load_gguf(target, gguf, max_batch=2, n_threads=1, context_length=128))
+    try:
+        assert engine.ready, engine.load_error
+        assert engine.loaded.load_info["extra_buffer_types"] is False
+        assert engine.loaded.load_info["gguf"].endswith("q8_0.gguf")
+        request = engine.submit([1, 2, 3], SamplingParams(max_new_tokens=6, ignore_eos=True), 60)
+        assert _collect(request)[1] == "length" and request.completion_tokens == 6
+    finally:
+        engine.stop()
