@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from export import converter as conv
-from export.files import make_readable
 from export.layout import gguf_name
 from export.source import ExportError, ExportSource
 from harness.io import atomic_dir, write_json_atomic
@@ -127,7 +126,6 @@ def write_gguf(
             )
         (tmp / "README.md").write_text(_readme(src, info), encoding="utf-8")
         write_json_atomic(tmp / "musicprod_export.json", {"experiment": src.experiment, "system": src.system, **info})
-        make_readable(tmp)
     return info
 
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from export.card import model_card
-from export.files import make_readable
 from export.source import ExportError, ExportSource
 from export.tokenizer import normalize_byte_level
 from harness.io import atomic_dir, write_json_atomic
@@ -102,6 +101,5 @@ def write_merged(
                 **info,
             },
         )
-        make_readable(tmp)
     log(f"[export] merged: {out} ({info['seconds']} s; reload max |logit diff| {diff:.2g}; tokenizer {tokenizer_note})")
     return info

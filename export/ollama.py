@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.card import BASE_LICENCES
-from export.files import make_readable
 from export.source import ExportError, ExportSource
 from harness.io import atomic_dir
 
@@ -172,6 +171,5 @@ def write_ollama(
             shutil.copy2(gguf_file, tmp / gguf_file.name)
         text = modelfile(src, gguf_file.name, pieces, stops, min(context_length, 8192))
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
-        make_readable(tmp)  # (the hard-linked GGUF shares its mode with gguf/)
     log(f"[export] ollama: {out}/Modelfile (FROM ./{gguf_file.name}, stop {stops})")
     return {"modelfile": "Modelfile", "gguf": gguf_file.name, "stop": stops, "template": pieces.go_template()}

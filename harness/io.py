@@ -24,10 +24,25 @@ def write_jsonl(path: str | Path, rows, default=None) -> None:
             f.write(json.dumps(row, ensure_ascii=False, default=default) + "\n")
 
 
-def _umask_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _umask_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def make_readable(folder: str | Path) -> None:
+    """Give a tree the modes a plain mkdir/open() would: mkdtemp makes 0700 folders and safetensors (like mkstemp)
+    writes 0600 files, and results must be readable by whoever serves them (the Docker image's own user reads the
+    base model prepared at build time by root, and runs/ mounted read-only)."""
+    umask = _umask()
+    for root, _dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 @contextmanager
@@ -60,12 +75,14 @@ def write_json_atomic(path: str | Path, obj) -> Path:
 
 @contextmanager
 def atomic_dir(final: str | Path):
-    """Yield a temp dir next to `final`; on success it replaces `final` in one rename."""
+    """Yield a temp dir next to `final`; on success it replaces `final` in one rename, with the modes a plain
+    mkdir/open() would have given (see make_readable)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         yield tmp
+        make_readable(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)

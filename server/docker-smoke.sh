@@ -63,7 +63,10 @@ cleanup() {
     kill -9 "$DOCKERD_PID" 2>/dev/null
     # containerd-shim/containerd children of our daemon (found by the exec root path, never by name alone)
     for pid in $(pgrep -f "$WORK/" 2>/dev/null); do kill "$pid" 2>/dev/null; done
-    umount -R "$WORK/docker" 2>/dev/null
+    # every mount the daemon left under $WORK (the vfs data root, the network namespace under exec/), deepest first
+    for m in $(awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r); do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
   fi
   rm -rf "$WORK"
   step "done: $CHECKS checks, $FAILED failed, total $(( $(date +%s) - T0 )) s"
