@@ -65,9 +65,12 @@ def test_hf_system_trains_and_writes_a_complete_record(tmp_path, tiny_model_dir,
     assert 0 < on_disk["trainable_params"] < on_disk["total_params"]
     assert on_disk["train_tokens"] > 0 and on_disk["train_tokens_per_s"] > 0 and on_disk["peak_rss_mib"] > 100
     assert on_disk["train_tokens"] == on_disk["loss_curve"][-1]["tokens"]  # the Trainer's own count, at the last log
-    # the memory profile: RSS at every logging step, never above the run's high-water mark
-    assert [p["step"] for p in on_disk["rss_by_step"]] == [1, 2, 3]
-    assert all(100 < p["rss_mib"] <= p["peak_rss_mib"] <= on_disk["peak_rss_mib"] for p in on_disk["rss_by_step"])
+    # the memory profile: RSS and the high-water mark at every logging step (the kernel updates the mark lazily,
+    # so RSS now may exceed it by a little; the mark itself only grows, up to the run's peak)
+    by_step = on_disk["rss_by_step"]
+    assert [p["step"] for p in by_step] == [1, 2, 3] and all(p["rss_mib"] > 100 for p in by_step)
+    peaks = [p["peak_rss_mib"] for p in by_step] + [on_disk["peak_rss_mib"]]
+    assert peaks == sorted(peaks)
     assert math.isfinite(on_disk["validation_loss"])
     assert on_disk["data"]["train_items"] + on_disk["data"]["validation_items"] == 24
     assert len(on_disk["data"]["sha256"]) == 64
