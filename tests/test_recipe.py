@@ -11,6 +11,16 @@ def test_mean_answer_words_reads_the_qa_answers():
     assert recipe.mean_answer_words({"mc": [{"acc": 0.0}]}) is None
 
 
+def test_recall_of_first_words_scores_at_equal_length():
+    """A fact stated only after the cut does not count: recall at equal length separates teaching from rambling."""
+    facts = [{"fact": "lookahead", "any_of": ["lookahead"]}, {"fact": "ratio", "any_of": ["ratio"]}]
+    early_and_late = "set the ratio " + "filler " * 40 + "and the lookahead"
+    items = {"qa": [{"key_facts": facts, "answer": early_and_late}, {"key_facts": facts, "answer": None}]}
+    assert recipe.recall_of_first_words(items, words=30) == 0.25  # (1/2 + 0) / 2
+    assert recipe.recall_of_first_words(items, words=100) == 0.5
+    assert recipe.recall_of_first_words({"mc": []}) is None
+
+
 def test_sweep_table_shows_answer_words_and_tolerates_old_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "RECIPE_DIR", tmp_path)
     ci = {"mean": 0.1, "ci_low": 0.05, "ci_high": 0.15}
@@ -32,7 +42,8 @@ def test_sweep_table_shows_answer_words_and_tolerates_old_rows(tmp_path, monkeyp
     }
     old = dict(row, experiment="old")  # written before the column existed
     (tmp_path / "sweep.jsonl").write_text(
-        json.dumps(dict(row, dev_answer_words=61.9)) + "\n" + json.dumps(old) + "\n", encoding="utf-8"
+        json.dumps(dict(row, dev_answer_words=61.9, dev_recall_first_words=0.024)) + "\n" + json.dumps(old) + "\n",
+        encoding="utf-8",
     )
     recipe.write_sweep_table()
     lines = (tmp_path / "sweep.md").read_text().splitlines()
@@ -40,4 +51,7 @@ def test_sweep_table_shows_answer_words_and_tolerates_old_rows(tmp_path, monkeyp
     words = header.index("answer words")
     assert [c.strip() for c in lines[6].split("|")][words] == "61.9"
     assert [c.strip() for c in lines[7].split("|")][words] == "-"
+    first = header.index("recall, first 30 words")
+    assert [c.strip() for c in lines[6].split("|")][first] == "0.024"
+    assert [c.strip() for c in lines[7].split("|")][first] == "-"
     assert [c.strip() for c in lines[6].split("|")][header.index("dev key-fact recall")] == "0.100 [0.050, 0.150]"
