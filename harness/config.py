@@ -99,7 +99,11 @@ class TrainSettings:
     seed: int = _field(42, "Seed for data order, LoRA init and dropout.")
     bf16: bool = _field(True, "Train in bfloat16 (weights and activations).")
     logging_steps: int = _field(5, "Record the loss every N optimizer steps.")
-    gradient_checkpointing: bool = _field(False, "Trade compute for memory; off by default (135M fits easily).")
+    gradient_checkpointing: bool = _field(
+        False,
+        "Recompute activations in the backward pass: peak RSS 2.9 instead of 4.6 GiB for hf-lora on 2 cores, "
+        "at -36 % tokens/s (docs/training.md); off by default.",
+    )
     num_threads: int = _field(0, "torch CPU threads (0 = one per physical core).")
     group_by_length: bool = _field(True, "Batch similar lengths together to cut padding.")
     adapter_dtype: str = _field(
