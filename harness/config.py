@@ -102,7 +102,7 @@ class TrainSettings:
     gradient_checkpointing: bool = _field(
         False,
         "Recompute activations in the backward pass: peak RSS 2.9 instead of 4.6 GiB for hf-lora on 2 cores, "
-        "at -36 % tokens/s (docs/training.md); off by default.",
+        "at 15-36 % fewer tokens/s (docs/training.md); off by default.",
     )
     num_threads: int = _field(0, "torch CPU threads (0 = one per physical core).")
     group_by_length: bool = _field(True, "Batch similar lengths together to cut padding.")
