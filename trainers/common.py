@@ -219,11 +219,15 @@ class MemoryTimeline:
         self.phases: dict[str, dict] = {}
         self.by_step: list[dict] = []
 
+    @staticmethod
+    def reading() -> dict:
+        return {"rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
     def mark(self, phase: str) -> None:
-        self.phases[phase] = {"rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+        self.phases[phase] = self.reading()
 
     def mark_step(self, step: int) -> None:
-        self.by_step.append({"step": step, "rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)})
+        self.by_step.append({"step": step, **self.reading()})
 
 
 class MeasuringCallback(TrainerCallback):

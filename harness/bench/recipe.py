@@ -56,6 +56,7 @@ def bench_recipe(args: list[str]) -> int:
         t = summary["targets"][target]
         step = int(target.split("@")[1])
         point = next((p for p in record["loss_curve"] if p["step"] >= step), record["loss_curve"][-1])
+        items = read_items(cfg.experiment_dir, target, "dev")
         rows.append(
             {
                 "experiment": cfg.name,
@@ -69,8 +70,8 @@ def bench_recipe(args: list[str]) -> int:
                 "base_model": cfg.model.name,
                 "dev_key_fact_recall": t["metrics"]["qa"]["key_fact_recall"],
                 "dev_mc_acc": t["metrics"]["mc"]["acc"],
-                "dev_answer_words": mean_answer_words(read_items(cfg.experiment_dir, target, "dev")),
-                "dev_recall_first_words": recall_of_first_words(read_items(cfg.experiment_dir, target, "dev")),
+                "dev_answer_words": mean_answer_words(items),
+                "dev_recall_first_words": recall_of_first_words(items),
                 "train_loss": point["loss"],
                 "dev_key_fact_recall_by_lang": {
                     lang: v["key_fact_recall"]["mean"] for lang, v in t["by_lang"]["qa"].items()
