@@ -1,7 +1,8 @@
 """`musicprod bench serve`: latency and throughput of the real server over HTTP, both backends on the same model.
 
 For each backend (torch: base + adapter, the champion's dtype; llamacpp: the GGUF `musicprod export` wrote for the
-same model) and each batching mode (on: up to --max-batch rows per batch; off: --max-batch 1) a fresh
+same model) and each batching mode (on: up to --max-batch rows, continuous batching; static: the same without
+joining a running batch, torch only; off: --max-batch 1) a fresh
 `musicprod serve` subprocess is started and driven by closed-loop clients at each concurrency level: every
 request asks for exactly --new-tokens tokens (ignore_eos), so tokens/s compare like for like.
 """
@@ -51,7 +52,11 @@ def parse(args: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="requests per client at each level (>= 4 requests in all)")
-    p.add_argument("--modes", default="on,off", help="batching modes to measure: on, off or both")
+    p.add_argument(
+        "--modes",
+        default="on,off",
+        help="batching modes to measure, comma-separated: on (continuous), static (torch: whole batches only), off",
+    )
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--torch-threads", type=int, default=0, help="CPU threads of either backend (0 = its default)")
     p.add_argument("--runs-dir", default="runs")
@@ -128,7 +133,9 @@ def main(args: list[str]) -> int:
             print(f"  {backend}: skipped: {reason}", flush=True)
             continue
         for mode in modes:
-            batch = ns.max_batch if mode == "on" else 1
+            if mode == "static" and backend != "torch":
+                continue  # llama.cpp's engine runs whole batches anyway
+            batch = 1 if mode == "off" else ns.max_batch
             server_args = [
                 *_target_args(ns),
                 "--runs-dir",
@@ -139,6 +146,7 @@ def main(args: list[str]) -> int:
                 *(["--gguf", ns.gguf] if ns.gguf and backend == "llamacpp" else []),
                 "--max-batch",
                 str(batch),
+                *(["--no-continuous-batching"] if mode == "static" else []),
                 "--queue-size",
                 "256",
                 "--max-new-tokens-cap",

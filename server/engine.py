@@ -1,10 +1,13 @@
 """The model worker: one thread owns the model, takes requests from a bounded queue and generates them in
-dynamic batches (requests that arrive within a few milliseconds of each other run together, left-padded).
+continuous batches: requests that arrive within a few milliseconds of each other start together, left-padded, and
+requests that arrive while a batch is decoding join it between two steps (their prompt is prefilled on its own,
+then its KV cache is stacked onto the running one).
 
 Why a hand-written decoding loop instead of `model.generate`: generate applies one sampling configuration
 (temperature, top_p, seed, stop strings) to a whole batch and cannot stream rows separately; a server batch mixes
 requests with different settings and streams each one as it goes. The loop is the usual KV-cached one: a
-left-padded prefill, then one token per row per step, rows leaving the batch (and the cache) as they finish.
+left-padded prefill, then one token per row per step, rows leaving the batch (and the cache) as they finish and
+joining it when they arrive.
 
 A batch is also bounded in tokens (`max_batch_tokens`): every row is padded to the longest prompt and may run to
 the largest max_new_tokens, so one long request would make every row pay its prefill, and several long ones could
@@ -96,6 +99,72 @@ def kv_tokens(batch: list[Request]) -> int:
     return len(batch) * (max(len(r.prompt_ids) for r in batch) + max(r.params.max_new_tokens for r in batch))
 
 
+class _Running:
+    """A batch being decoded: its rows, their KV cache, attention mask (1 = real token) and next positions.
+
+    All rows are right-aligned: each row's newest token sits in the last column, earlier columns of shorter rows are
+    padding. That alignment is what lets a newly prefilled batch merge in: both sides are left-padded to the same
+    width and stacked. Hand-written because transformers' generate has no way to add rows to a running batch.
+    """
+
+    def __init__(self, rows: list[_Row], cache, attention, next_pos):
+        self.rows, self.cache, self.attention, self.next_pos = rows, cache, attention, next_pos
+
+    @property
+    def joinable(self) -> bool:
+        """Only plain full-attention cache layers can be padded and stacked exactly; a sliding-window layer (Gemma
+        3) keeps a window whose columns would no longer line up. Such batches run to the end as before."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def select(self, keep: list[int]) -> None:
+        import torch
+
+        idx = torch.tensor(keep, dtype=torch.long)
+        self.cache.batch_select_indices(idx)
+        self.attention, self.next_pos = self.attention[idx], self.next_pos[idx]
+        self.rows = [self.rows[i] for i in keep]
+        if self.rows and self.joinable:
+            self._drop_leading_padding()
+
+    def _drop_leading_padding(self) -> None:
+        """Columns that are padding in every remaining row (left by rows that finished) cost attention for nothing
+        and would let the width outgrow the token budget: cut them."""
+        first = int(self.attention.any(0).long().argmax())
+        if first:
+            self.attention = self.attention[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+
+    def merge(self, other: _Running) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        if not self.rows:
+            self.rows, self.cache, self.attention, self.next_pos = (
+                other.rows,
+                other.cache,
+                other.attention,
+                other.next_pos,
+            )
+            return
+        if not other.rows:
+            return
+        width = max(self.attention.shape[1], other.attention.shape[1])
+
+        def pad(t, dim_from_end: int):  # left-pad the sequence dimension to `width`
+            missing = width - t.shape[-dim_from_end]
+            return F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0)) if missing else t
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([pad(mine.keys, 2), pad(theirs.keys, 2)])
+            mine.values = torch.cat([pad(mine.values, 2), pad(theirs.values, 2)])
+        self.attention = torch.cat([pad(self.attention, 1), pad(other.attention, 1)])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.rows += other.rows
+
+
 def _expired(req: Request) -> bool:
     return req.cancelled.is_set() or time.monotonic() > req.deadline
 
@@ -108,12 +177,14 @@ class Engine:
         max_batch: int = 16,
         batch_window_ms: float = 5.0,
         max_batch_tokens: int = 16384,
+        continuous: bool = True,
         metrics=None,
     ):
         self.max_queue = max_queue
         self.max_batch = max(1, max_batch)
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch_tokens = max_batch_tokens
+        self.continuous = continuous  # waiting requests join a running batch between decoding steps
         self.metrics = metrics
         self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
         self._held: Request | None = None  # taken from the queue but over the token budget: next batch's first
@@ -257,55 +328,88 @@ class Engine:
             self._generate_lock.release()
 
     def _generate(self, batch: list[Request]) -> None:
+        """Decode `batch` to the end; with `continuous` on, requests that arrive meanwhile join it between steps
+        (iteration-level scheduling, as in Orca / vLLM): a request need not wait for the whole running batch to
+        finish, which is what made closed-loop clients fragment into small batches."""
         import torch
 
-        model, tok = self.loaded.model, self.loaded.tokenizer
+        model = self.loaded.model
+        with torch.inference_mode():
+            running, logits = self._prefill(batch)
+            while True:
+                tokens = self._advance(running, logits)
+                if self.continuous and running.joinable:
+                    newcomers = self._take_joiners([r.req for r in running.rows])
+                    if newcomers:
+                        joined, new_logits = self._prefill(newcomers)
+                        tokens += self._advance(joined, new_logits)
+                        running.merge(joined)
+                self.active_rows = len(running.rows)
+                if not running.rows:
+                    break
+                running.attention = torch.cat(
+                    [running.attention, torch.ones((len(running.rows), 1), dtype=torch.long)], dim=1
+                )
+                out = model(
+                    input_ids=torch.tensor(tokens).unsqueeze(1),
+                    attention_mask=running.attention,
+                    position_ids=running.next_pos,
+                    past_key_values=running.cache,
+                    use_cache=True,
+                )
+                running.next_pos = running.next_pos + 1
+                logits = out.logits[:, -1, :].float()
+
+    def _prefill(self, batch: list[Request]) -> tuple[_Running, object]:
+        """Left-padded prefill of `batch`: every row's last prompt token sits in the last column."""
+        import torch
+        from transformers import DynamicCache
+
+        model, pad = self.loaded.model, self.loaded.tokenizer.pad_token_id
         rows = [_Row(r, self.eos_ids) for r in batch]
-        pad = tok.pad_token_id
         width = max(len(r.req.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row's last prompt token sits in the last column
+        for i, r in enumerate(rows):
             n = len(r.req.prompt_ids)
             input_ids[i, width - n :] = torch.tensor(r.req.prompt_ids)
             attention[i, width - n :] = 1
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
         cache = DynamicCache(config=model.config)
-        self.active_rows = len(rows)
-        with torch.inference_mode():
-            out = model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            next_pos = positions[:, -1:] + 1
-            while rows:
-                logits = out.logits[:, -1, :].float()
-                step_tokens = [self._step_row(r, logits[i]) for i, r in enumerate(rows)]
-                keep = [i for i, r in enumerate(rows) if not self._finish_if_done(r)]
-                if not keep:
-                    break
-                if len(keep) < len(rows):  # finished rows leave the batch and the KV cache
-                    idx = torch.tensor(keep)
-                    cache.batch_select_indices(idx)
-                    attention, next_pos = attention[idx], next_pos[idx]
-                    rows = [rows[i] for i in keep]
-                    step_tokens = [step_tokens[i] for i in keep]
-                    self.active_rows = len(rows)
-                attention = torch.cat([attention, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-                out = model(
-                    input_ids=torch.tensor(step_tokens).unsqueeze(1),
-                    attention_mask=attention,
-                    position_ids=next_pos,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                next_pos = next_pos + 1
+        self.active_rows += len(rows)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return _Running(rows, cache, attention, positions[:, -1:] + 1), out.logits[:, -1, :].float()
+
+    def _advance(self, running: _Running, logits) -> list[int]:
+        """One token for every row from its logits; finished rows leave the batch. Returns the live rows' tokens."""
+        step_tokens = [self._step_row(r, logits[i]) for i, r in enumerate(running.rows)]
+        keep = [i for i, r in enumerate(running.rows) if not self._finish_if_done(r)]
+        if len(keep) < len(running.rows):
+            running.select(keep)
+        return [step_tokens[i] for i in keep]
+
+    def _take_joiners(self, running: list[Request]) -> list[Request]:
+        """Requests already waiting that fit beside the running ones (rows and token budget); never waits."""
+        joiners: list[Request] = []
+        while len(running) + len(joiners) < self.max_batch and (self._held is not None or not self._queue.empty()):
+            req = self._take(time.monotonic())
+            if req is None:
+                break
+            if kv_tokens([*running, *joiners, req]) > self.max_batch_tokens:
+                self._held = req
+                break
+            joiners.append(req)
+            if self.metrics:
+                self.metrics.joined.inc()
+                self.metrics.queue_wait.observe(time.monotonic() - req.enqueued_at)
+        return joiners
 
     def _step_row(self, row: _Row, logits) -> int:
         """Pick the next token of one row (greedy or temperature + top-p with the row's own generator)."""

@@ -79,6 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-batch", type=int, default=16, help="requests generated together (1 = no batching)")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch waits for company")
+    p.add_argument(
+        "--continuous-batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch backend: requests that arrive while a batch decodes join it between steps (off: they wait "
+        "for the whole batch to finish)",
+    )
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests; more -> 429")
     p.add_argument(
         "--max-batch-tokens",
@@ -180,6 +187,7 @@ def _backend(ns, target):
         max_batch=ns.max_batch,
         batch_window_ms=ns.batch_window_ms,
         max_batch_tokens=ns.max_batch_tokens,
+        continuous=ns.continuous_batching,
     )
     log.info("backend %s (%s)", backend, why)  # stdout's first line is the "listening on" line
     if backend == "llamacpp":

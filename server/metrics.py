@@ -39,6 +39,11 @@ class Metrics:
         self.batch_size = Histogram(
             "musicprod_batch_size", "Requests per generated batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
         )
+        self.joined = Counter(
+            "musicprod_batch_joins_total",
+            "Requests that joined a batch already decoding (continuous batching) instead of waiting for it to end",
+            registry=r,
+        )
         self.cancelled = Counter(
             "musicprod_client_disconnects_total",
             "Requests whose client hung up before the answer was complete; their generation was stopped",

@@ -80,6 +80,81 @@ def test_left_padding_does_not_change_outputs(engine):
     assert compared >= 4  # this fixture's margins are far above 1e-3: the comparison is not vacuous
 
 
+def _comparable_steps(alone: list[dict], joined: list[dict]) -> int:
+    """Logprobs agree within 1e-4 and tokens agree while the top two candidates are 1e-3 apart (see above)."""
+    compared = 0
+    for a, b in zip(alone, joined, strict=True):
+        assert b["logprob"] == pytest.approx(a["logprob"], abs=1e-4)
+        top1, top2 = a["top_logprobs"]
+        if top1["logprob"] - top2["logprob"] < 1e-3:
+            break
+        assert b["token"] == a["token"]
+        compared += 1
+    return compared
+
+
+@pytest.fixture(scope="module")
+def bare_engine(engine):
+    """The module's model without a worker thread, so a test alone decides what is in the queue and when."""
+    eng = Engine(max_queue=64, max_batch=8, batch_window_ms=0)
+    eng.loaded, eng.eos_ids = engine.loaded, engine.eos_ids
+    return eng
+
+
+def test_requests_join_a_running_batch_with_the_same_outputs(bare_engine):
+    """Continuous batching: requests queued while a batch decodes join it between steps (one batch in all) and
+    give the tokens and logprobs they give alone: a longer prompt than the running rows' width (the running rows
+    get left-padded), a shorter one, and rows that finish before the others (their columns are cut)."""
+    eng = bare_engine
+    params = dict(temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
+    first = (eng.encode_prompt("Kick"), 12)
+    late = {  # decoding step at which it is queued -> (prompt, max_new_tokens)
+        2: (eng.encode_prompt("A much longer prompt about mixing the low end of a dance track " * 2), 10),
+        5: (eng.encode_prompt("Snare"), 3),
+        7: (eng.encode_prompt("Reverb on vocals?"), 9),
+    }
+    alone = {}
+    for key, (ids, n) in [("first", first), *late.items()]:
+        alone[key] = _request(ids, max_new_tokens=n, **params)
+        eng.generate([alone[key]])
+
+    model, original, calls = eng.loaded.model, eng.loaded.model.forward, [0]
+    queued = {}
+
+    def forward_that_queues(*args, **kwargs):  # the real forward; between steps, late requests arrive
+        calls[0] += 1
+        if calls[0] in late:
+            ids, n = late[calls[0]]
+            queued[calls[0]] = _request(ids, max_new_tokens=n, **params)
+            eng._queue.put_nowait(queued[calls[0]])
+        return original(*args, **kwargs)
+
+    model.forward = forward_that_queues
+    try:
+        batches_before = eng.batches_run
+        running = _request(first[0], max_new_tokens=first[1], **params)
+        eng.generate([running])
+    finally:
+        model.forward = original
+    assert eng.batches_run == batches_before + 1 and eng._queue.empty()  # all joined the one batch
+    assert _comparable_steps(_logprobs(alone["first"]), _logprobs(running)) >= 4
+    for step, req in queued.items():
+        assert req.completion_tokens == late[step][1]
+        assert _comparable_steps(_logprobs(alone[step]), _logprobs(req)) >= min(3, late[step][1])
+
+
+def test_static_batching_leaves_late_requests_waiting(bare_engine):
+    eng = bare_engine
+    eng.continuous = False
+    try:
+        late = _request(eng.encode_prompt("Snare"), max_new_tokens=2)
+        eng._queue.put_nowait(late)
+        eng.generate([_request(eng.encode_prompt("Kick"), max_new_tokens=3)])
+        assert eng._queue.get_nowait() is late and late.events.empty()
+    finally:
+        eng.continuous = True
+
+
 def test_token_budget_keeps_a_long_request_out_of_a_short_batch():
     """rows x (longest prompt + largest max_new_tokens) <= max_batch_tokens; the request that does not fit goes
     first into the next batch (not skipped over), and a cancelled one takes no room."""
