@@ -304,18 +304,20 @@ class Engine:
     def _worker(self) -> None:
         while not self._stop.is_set():
             batch = self._collect_batch()
-            if not batch:
-                continue
-            if self.metrics:
-                self.metrics.batch_size.observe(len(batch))
-                for req in batch:
-                    self.metrics.queue_wait.observe(time.monotonic() - req.enqueued_at)
-            try:
-                self.generate(batch)
-            except Exception:  # a bug or OOM must not kill the worker: fail this batch, keep serving
-                log.exception("generation failed for requests %s", [req.id for req in batch])
-                for req in batch:
-                    req.events.put(Event("error", error="failed"))
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Request]) -> None:
+        if self.metrics:
+            self.metrics.batch_size.observe(len(batch))
+            for req in batch:
+                self.metrics.queue_wait.observe(time.monotonic() - req.enqueued_at)
+        try:
+            self.generate(batch)  # appends the requests that join it to `batch`
+        except Exception:  # a bug or OOM must not kill the worker: fail this batch, keep serving
+            log.exception("generation failed for requests %s", [req.id for req in batch])
+            for req in batch:
+                req.events.put(Event("error", error="failed"))
 
     def generate(self, batch: list[Request]) -> None:
         if not self._generate_lock.acquire(blocking=False):
@@ -340,6 +342,7 @@ class Engine:
                 tokens = self._advance(running, logits)
                 if self.continuous and running.joinable:
                     newcomers = self._take_joiners([r.req for r in running.rows])
+                    batch += newcomers  # so that a failure further on is reported to them too
                     if newcomers:
                         joined, new_logits = self._prefill(newcomers)
                         tokens += self._advance(joined, new_logits)

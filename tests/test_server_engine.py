@@ -143,6 +143,28 @@ def test_requests_join_a_running_batch_with_the_same_outputs(bare_engine):
         assert _comparable_steps(_logprobs(alone[step]), _logprobs(req)) >= min(3, late[step][1])
 
 
+def test_a_failure_after_a_join_reaches_the_joined_request_too(bare_engine):
+    eng = bare_engine
+    model, original, calls = eng.loaded.model, eng.loaded.model.forward, [0]
+    late = _request(eng.encode_prompt("Snare"), max_new_tokens=8)
+
+    def forward_that_fails(*args, **kwargs):  # queues a request at the first step, breaks two steps after it joined
+        calls[0] += 1
+        if calls[0] == 2:
+            eng._queue.put_nowait(late)
+        if calls[0] == 5:
+            raise RuntimeError("simulated out of memory")
+        return original(*args, **kwargs)
+
+    model.forward = forward_that_fails
+    try:
+        eng._run_batch([_request(eng.encode_prompt("Kick"), max_new_tokens=8)])
+    finally:
+        model.forward = original
+    events = [late.events.get_nowait() for _ in range(late.events.qsize())]
+    assert events[0].kind == "delta" and events[-1].kind == "error" and events[-1].error == "failed"
+
+
 def test_static_batching_leaves_late_requests_waiting(bare_engine):
     eng = bare_engine
     eng.continuous = False
