@@ -366,9 +366,10 @@ class Engine:
     def _prefill(self, batch: list[Request]) -> tuple[_Running, object]:
         """Left-padded prefill of `batch`: every row's last prompt token sits in the last column."""
         import torch
-        from transformers import DynamicCache
 
-        model, pad = self.loaded.model, self.loaded.tokenizer.pad_token_id
+        from harness.eval.generation import prefill
+
+        pad = self.loaded.tokenizer.pad_token_id
         rows = [_Row(r, self.eos_ids) for r in batch]
         width = max(len(r.req.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -377,18 +378,9 @@ class Engine:
             n = len(r.req.prompt_ids)
             input_ids[i, width - n :] = torch.tensor(r.req.prompt_ids)
             attention[i, width - n :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
         self.active_rows += len(rows)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return _Running(rows, cache, attention, positions[:, -1:] + 1), out.logits[:, -1, :].float()
+        cache, logits, next_pos = prefill(self.loaded.model, input_ids, attention)
+        return _Running(rows, cache, attention, next_pos), logits.float()
 
     def _advance(self, running: _Running, logits) -> list[int]:
         """One token for every row from its logits; finished rows leave the batch. Returns the live rows' tokens."""

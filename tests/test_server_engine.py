@@ -69,15 +69,8 @@ def test_left_padding_does_not_change_outputs(engine):
     engine.generate([alone])
     batch = [_request(ids, **params) for ids in [short, *longer]]
     engine.generate(batch)
-    compared = 0
-    for a, b in zip(_logprobs(alone), _logprobs(batch[0]), strict=True):
-        assert b["logprob"] == pytest.approx(a["logprob"], abs=1e-4)
-        top1, top2 = a["top_logprobs"]
-        if top1["logprob"] - top2["logprob"] < 1e-3:
-            break
-        assert b["token"] == a["token"]
-        compared += 1
-    assert compared >= 4  # this fixture's margins are far above 1e-3: the comparison is not vacuous
+    # this fixture's margins are far above 1e-3: the comparison is not vacuous
+    assert _comparable_steps(_logprobs(alone), _logprobs(batch[0])) >= 4
 
 
 def _comparable_steps(alone: list[dict], joined: list[dict]) -> int:

@@ -30,6 +30,24 @@ def penalize_repeats(
     return logits
 
 
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Left-padded prompts [B, T] through the model into a fresh KV cache -> (cache, last logits [B, V], next
+    positions [B, 1]). Positions count real tokens only, so a row's padding never shifts its rotary positions."""
+    from transformers import DynamicCache
+
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1, :]
+    return cache, logits, positions[:, -1:] + 1
+
+
 def greedy_generate(
     model,
     input_ids: torch.Tensor,
@@ -43,28 +61,16 @@ def greedy_generate(
     """Left-padded prompts [B, T] -> [B, T + max_new_tokens]: prompt, greedy tokens up to and including a stop
     token, then fill_id. Same tokens as `model.generate(do_sample=False)` with those stop tokens as eos (and,
     with repetition control, the same processors applied to the answer tokens: `penalize_repeats`)."""
-    from transformers import DynamicCache
-
     batch, width = input_ids.shape
     out = torch.full((batch, width + max_new_tokens), fill_id, dtype=input_ids.dtype, device=input_ids.device)
     out[:, :width] = input_ids
     if max_new_tokens <= 0:
         return out
     stops = torch.tensor(sorted(stop_ids), device=input_ids.device)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
     rows = torch.arange(batch, device=input_ids.device)  # which output row each live batch row is
     mask = attention_mask
     with torch.inference_mode():
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
-        next_pos = positions[:, -1:] + 1
+        cache, logits, next_pos = prefill(model, input_ids, mask)
         for step in range(max_new_tokens):
             answers = out[rows, width : width + step]
             tokens = penalize_repeats(logits.float(), answers, repetition_penalty, no_repeat_ngram_size).argmax(-1)
