@@ -290,16 +290,21 @@ class Engine:
         if first is None:
             return []
         batch = [first]  # alone it may exceed the budget: the context length bounds it
-        window_end = time.monotonic() + self.batch_window_s
-        while len(batch) < self.max_batch:
-            req = self._take(window_end)
+        return batch + self._admit(batch, until=time.monotonic() + self.batch_window_s)
+
+    def _admit(self, admitted: list[Request], until: float) -> list[Request]:
+        """Requests taken from the queue (waiting until `until` at most) that fit beside `admitted`: at most
+        max_batch rows in all, within the token budget. One batch's start and every join use this one rule."""
+        new: list[Request] = []
+        while len(admitted) + len(new) < self.max_batch:
+            req = self._take(until)
             if req is None:
                 break
-            if kv_tokens([*batch, req]) > self.max_batch_tokens:
+            if kv_tokens([*admitted, *new, req]) > self.max_batch_tokens:
                 self._held = req  # not skipped over: later short requests must not starve it
                 break
-            batch.append(req)
-        return batch
+            new.append(req)
+        return new
 
     def _worker(self) -> None:
         while not self._stop.is_set():
@@ -391,17 +396,10 @@ class Engine:
         return [step_tokens[i] for i in keep]
 
     def _take_joiners(self, running: list[Request]) -> list[Request]:
-        """Requests already waiting that fit beside the running ones (rows and token budget); never waits."""
-        joiners: list[Request] = []
-        while len(running) + len(joiners) < self.max_batch and (self._held is not None or not self._queue.empty()):
-            req = self._take(time.monotonic())
-            if req is None:
-                break
-            if kv_tokens([*running, *joiners, req]) > self.max_batch_tokens:
-                self._held = req
-                break
-            joiners.append(req)
-            if self.metrics:
+        """Requests already waiting that fit beside the running ones; never waits."""
+        joiners = self._admit(running, until=time.monotonic())
+        if self.metrics:
+            for req in joiners:
                 self.metrics.joined.inc()
                 self.metrics.queue_wait.observe(time.monotonic() - req.enqueued_at)
         return joiners
